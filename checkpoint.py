@@ -1,0 +1,56 @@
+"""Checkpoint directories: the model part (for inference and the Hub) and, for resuming, the training state.
+
+    step_000100/
+        model.safetensors     weights (fp32)
+        model_config.json     ModelConfig as JSON: everything needed to rebuild the model
+        train_state.pt        optimizers, loader position, RNG states, training clock (resume only)
+
+A checkpoint is written to `step_000100.tmp-<pid>/` and renamed into place, so a crash mid-save never
+replaces or corrupts the last good checkpoint.
+"""
+import dataclasses
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from model import PLM, ModelConfig
+
+MODEL_FILE = "model.safetensors"
+CONFIG_FILE = "model_config.json"
+
+
+def save_model(model: PLM, directory) -> None:
+    """Write the weights and the model config into `directory` (which must exist)."""
+    directory = Path(directory)
+    state = {k: v.detach().float().cpu().contiguous() for k, v in unwrap(model).state_dict().items()}
+    if getattr(unwrap(model).config, "tie_embeddings", False):
+        state = {k: v.clone() for k, v in state.items()}  # safetensors refuses shared storage
+    save_file(state, str(directory / MODEL_FILE))
+    (directory / CONFIG_FILE).write_text(json.dumps(dataclasses.asdict(unwrap(model).config), indent=2) + "\n")
+
+
+def load_model(path, device="cpu") -> PLM:
+    """Rebuild a trained model from a checkpoint directory, ready for `model.embed(...)` or evaluation."""
+    path = Path(path)
+    if not (path / CONFIG_FILE).is_file() or not (path / MODEL_FILE).is_file():
+        raise FileNotFoundError(f"{path} is not a checkpoint: it needs {CONFIG_FILE} and {MODEL_FILE}")
+    raw = json.loads((path / CONFIG_FILE).read_text())
+    known = {f.name for f in dataclasses.fields(ModelConfig)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ValueError(f"{path / CONFIG_FILE}: keys {unknown} are not ModelConfig fields "
+                         "(checkpoint from an incompatible version?)")
+    model = PLM(ModelConfig(**raw))
+    state = load_file(str(path / MODEL_FILE))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{path / MODEL_FILE} does not match its config: missing {missing}, unexpected {unexpected}")
+    return model.to(device).eval()
+
+
+def unwrap(model):
+    """The plain PLM inside DDP and/or torch.compile wrappers."""
+    model = getattr(model, "module", model)
+    return getattr(model, "_orig_mod", model)
