@@ -1,0 +1,556 @@
+"""optim.py against independent references: the SVD polar factor, a hand-written Muon step, a 1-process run,
+torch.optim.AdamW, and the schedule formulas evaluated by hand. CPU, fp32, fixed seeds."""
+
+import io
+import math
+import socket
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from optim import (
+    POLAR_EXPRESS_COEFFICIENTS,
+    QUINTIC_COEFFICIENTS,
+    Muon,
+    apply_schedule,
+    build_optimizers,
+    check_param_groups,
+    clip_grad_norm,
+    lr_multiplier,
+    muon_momentum_at,
+    newton_schulz,
+)
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Newton–Schulz
+
+
+def matrix_with_spectrum(rows: int, cols: int, singular_values: torch.Tensor, seed: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    U, _ = torch.linalg.qr(torch.randn(rows, rows, generator=gen, dtype=torch.float64))
+    V, _ = torch.linalg.qr(torch.randn(cols, cols, generator=gen, dtype=torch.float64))
+    k = min(rows, cols)
+    return ((U[:, :k] * singular_values) @ V[:, :k].T).float()
+
+
+def scalar_iteration(x: np.ndarray, coefficients: str) -> np.ndarray:
+    """The Newton–Schulz polynomial applied to scalars (σ/‖G‖_F), in float64: what each singular value becomes."""
+    if coefficients == "quintic":
+        schedule, margin = [QUINTIC_COEFFICIENTS] * 5, 1.0
+    else:
+        schedule, margin = POLAR_EXPRESS_COEFFICIENTS, 1.02
+    x = x / margin
+    for a, b, c in schedule:
+        x = a * x + b * x**3 + c * x**5
+    return x
+
+
+# Bands of the 5-step scalar iteration over x = σ/‖G‖_F ∈ [2e-3, 1], found by evaluating `scalar_iteration` on a
+# fine log grid (quintic: [0.682, 1.202]; Polar Express: [0.859, 1.141]). Tighter than Keller Jordan's folklore
+# "~U(0.5, 1.5)" for quintic; below x ≈ 1e-3 five steps are not enough and values fall towards 0.
+BANDS = {"quintic": (0.68, 1.21), "polar_express": (0.85, 1.15)}
+SMALLEST_COVERED = 2e-3
+
+
+def test_bands_follow_from_the_coefficients():
+    x = np.logspace(math.log10(SMALLEST_COVERED), 0, 100_001)
+    for coefficients, (lo, hi) in BANDS.items():
+        y = scalar_iteration(x, coefficients)
+        assert lo <= y.min() and y.max() <= hi, coefficients
+        assert y.min() - lo < 0.01 and hi - y.max() < 0.01, f"{coefficients}: band is loose, tighten it"
+    assert BANDS["polar_express"][1] - BANDS["polar_express"][0] < BANDS["quintic"][1] - BANDS["quintic"][0]
+
+
+@pytest.mark.parametrize("coefficients", ["quintic", "polar_express"])
+@pytest.mark.parametrize(
+    "rows, cols, spectrum",
+    [
+        (32, 96, "gaussian"),  # wide
+        (96, 32, "gaussian"),  # tall: transposed inside
+        (48, 48, "log"),  # square, singular values spread over three decades
+        (40, 72, "log"),
+    ],
+)
+def test_newton_schulz_against_svd_polar_factor(coefficients, rows, cols, spectrum):
+    if spectrum == "gaussian":
+        G = torch.randn(rows, cols, generator=torch.Generator().manual_seed(rows * cols))
+    else:
+        G = matrix_with_spectrum(rows, cols, torch.logspace(-3, 0, min(rows, cols), dtype=torch.float64), seed=rows)
+    O = newton_schulz(G, steps=5, coefficients=coefficients)
+    assert O.shape == G.shape and O.dtype == torch.float32
+
+    U, S, Vh = torch.linalg.svd(G.double(), full_matrices=False)
+    D = U.T @ O.double() @ Vh.T  # diagonal iff O has G's singular vectors
+    diag = D.diagonal()
+    off_diag = D - torch.diag(diag)
+    assert off_diag.abs().max() < 1e-5, "singular vectors not aligned with the SVD's"
+
+    x = (S / torch.linalg.norm(G.double())).numpy()
+    np.testing.assert_allclose(diag.numpy(), scalar_iteration(x, coefficients), atol=1e-4)
+    lo, hi = BANDS[coefficients]
+    covered = diag[torch.from_numpy(x >= SMALLEST_COVERED)]
+    assert covered.numel() > 0
+    assert lo <= covered.min() and covered.max() <= hi, (covered.min(), covered.max())
+
+
+def test_newton_schulz_polar_express_is_closer_to_the_polar_factor():
+    G = matrix_with_spectrum(48, 64, torch.logspace(-2, 0, 48, dtype=torch.float64), seed=1)
+    U, _, Vh = torch.linalg.svd(G.double(), full_matrices=False)
+    polar = U @ Vh
+    errors = {c: (newton_schulz(G, 5, c).double() - polar).norm() / polar.norm() for c in ("quintic", "polar_express")}
+    assert errors["polar_express"] < 0.6 * errors["quintic"], errors
+
+
+def test_newton_schulz_batched_equals_one_by_one_and_zero_stays_zero():
+    gen = torch.Generator().manual_seed(0)
+    batch = torch.randn(3, 16, 24, generator=gen)
+    batch[1] = 0
+    out = newton_schulz(batch)
+    for i in range(3):
+        torch.testing.assert_close(out[i], newton_schulz(batch[i]), rtol=0, atol=1e-6)
+    assert torch.equal(out[1], torch.zeros(16, 24))
+
+
+def test_newton_schulz_precision_and_argument_checks():
+    assert newton_schulz(torch.randn(8, 12, dtype=torch.bfloat16)).dtype == torch.float32  # fp32 on CPU
+    with pytest.raises(ValueError, match="ns_coefficients"):
+        newton_schulz(torch.randn(8, 8), coefficients="cubic")
+    with pytest.raises(ValueError, match="1..5 steps"):
+        newton_schulz(torch.randn(8, 8), steps=6, coefficients="polar_express")
+    with pytest.raises(ValueError, match="matrix"):
+        newton_schulz(torch.randn(8))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("coefficients", ["quintic", "polar_express"])
+def test_newton_schulz_bf16_on_cuda(coefficients):
+    G = matrix_with_spectrum(256, 512, torch.logspace(-2, 0, 256, dtype=torch.float64), seed=3).cuda()
+    muon = Muon([torch.nn.Parameter(torch.zeros(4, 4, device="cuda"))], ns_coefficients=coefficients)
+    O = muon._orthogonalise(G[None], 5, coefficients)[0]  # the compiled path the optimiser uses
+    assert O.dtype == torch.bfloat16
+    U, S, Vh = torch.linalg.svd(G.double(), full_matrices=False)
+    D = U.T @ O.double() @ Vh.T
+    x = (S / torch.linalg.norm(G.double())).cpu().numpy()
+    np.testing.assert_allclose(D.diagonal().cpu().numpy(), scalar_iteration(x, coefficients), atol=0.05)
+    assert (D - torch.diag(D.diagonal())).abs().max() < 0.05
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Muon, one process
+
+
+def reference_muon(params, grads_per_step, groups, momenta):
+    """Muon written from its definition, one matrix at a time: for checking `Muon.step`."""
+    params = [p.clone() for p in params]
+    bufs = [torch.zeros_like(p) for p in params]
+    for grads, m in zip(grads_per_step, momenta):
+        for i, (p, g) in enumerate(zip(params, grads)):
+            lr, wd, cautious = groups[i]
+            bufs[i] = m * bufs[i] + (1 - m) * g
+            direction = (1 - m) * g + m * bufs[i]
+            rows, cols = p.shape
+            u = newton_schulz(direction) * math.sqrt(max(1.0, rows / cols))
+            decay = (u * p >= 0).float() if cautious else torch.ones_like(p)
+            params[i] = p - lr * wd * decay * p - lr * u
+    return params, bufs
+
+
+SHAPES = [(8, 16), (24, 8), (8, 16), (24, 8), (8, 16)]  # 5 matrices, two shapes, wide and tall
+GROUP_OF = [0, 0, 1, 1, 0]
+GROUP_SETTINGS = [(0.05, 0.0, False), (0.02, 0.5, True)]  # (lr, weight decay, cautious)
+MOMENTA = [0.85, 0.9, 0.95, 0.95]
+
+
+def make_params(seed: int = 0) -> list[torch.nn.Parameter]:
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.nn.Parameter(torch.randn(shape, generator=gen) * 0.1) for shape in SHAPES]
+
+
+def make_grads(step: int) -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(1000 + step)
+    return [torch.randn(shape, generator=gen) for shape in SHAPES]
+
+
+def make_muon(params) -> Muon:
+    groups = [
+        dict(params=[], lr=lr, weight_decay=wd, cautious_weight_decay=cautious) for lr, wd, cautious in GROUP_SETTINGS
+    ]
+    for p, g in zip(params, GROUP_OF):
+        groups[g]["params"].append(p)
+    return Muon(groups)
+
+
+def run_muon(muon: Muon, params, steps: range) -> None:
+    for step in steps:
+        for group in muon.param_groups:
+            group["momentum"] = MOMENTA[step]
+        for p, g in zip(params, make_grads(step)):
+            p.grad = g
+        muon.step()
+
+
+def test_muon_step_matches_its_definition():
+    params = make_params()
+    expected, expected_bufs = reference_muon(
+        [p.detach() for p in params],
+        [make_grads(step) for step in range(3)],
+        [GROUP_SETTINGS[g] for g in GROUP_OF],
+        MOMENTA[:3],
+    )
+    muon = make_muon(params)
+    run_muon(muon, params, range(3))
+    for p, e, b, p_ref in zip(params, expected, expected_bufs, make_params()):
+        torch.testing.assert_close(p.detach(), e, rtol=0, atol=1e-6)
+        torch.testing.assert_close(muon.state[p]["momentum_buffer"], b, rtol=0, atol=1e-6)
+        assert not torch.equal(p.detach(), p_ref)  # the step did move every matrix
+
+
+def test_muon_leaves_the_gradient_untouched():
+    params = make_params()
+    muon = make_muon(params)
+    run_muon(muon, params, range(1))
+    for p, g in zip(params, make_grads(0)):
+        assert torch.equal(p.grad, g)
+
+
+def test_muon_state_dict_round_trip_resumes_identically():
+    params = make_params()
+    muon = make_muon(params)
+    run_muon(muon, params, range(2))
+    saved = io.BytesIO()
+    torch.save({"params": [p.detach().clone() for p in params], "muon": muon.state_dict()}, saved)
+    run_muon(muon, params, range(2, 4))
+
+    saved.seek(0)
+    checkpoint = torch.load(saved)
+    resumed = [torch.nn.Parameter(t) for t in checkpoint["params"]]
+    fresh = make_muon(resumed)
+    fresh.load_state_dict(checkpoint["muon"])
+    run_muon(fresh, resumed, range(2, 4))
+    for a, b in zip(params, resumed):
+        assert torch.equal(a, b)
+
+
+def test_muon_rejects_non_matrices():
+    with pytest.raises(ValueError, match=r"2-D matrices only.*\(8,\)"):
+        Muon([torch.nn.Parameter(torch.zeros(8))])
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Muon on several gloo ranks equals one process
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+WORLD_SIZES = (3, 2)  # 3 divides neither bucket size (3 and 2 matrices); 2 divides one of them
+
+
+def distributed_worker(rank: int, ports: list[int], out_dir: str) -> None:
+    """One process for every world size in turn, so the (slow) process start-up is paid once."""
+    torch.set_num_threads(1)
+    for world, port in zip(WORLD_SIZES, ports):
+        if rank >= world:
+            continue
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+        try:
+            params = make_params()
+            muon = make_muon(params)
+            batch_sizes = []
+            orthogonalise = muon._orthogonalise
+
+            def counting(X, steps, coefficients):
+                batch_sizes.append(X.shape[0])
+                return orthogonalise(X, steps, coefficients)
+
+            muon._orthogonalise = counting
+            run_muon(muon, params, range(3))
+            torch.save(
+                {"params": [p.detach() for p in params], "state": muon.state_dict(), "batch_sizes": batch_sizes},
+                f"{out_dir}/world{world}_rank{rank}.pt",
+            )
+        finally:
+            dist.destroy_process_group()
+
+
+def test_distributed_muon_equals_single_process(tmp_path):
+    ctx = mp.get_context("spawn")
+    ports = [free_port() for _ in WORLD_SIZES]
+    procs = [ctx.Process(target=distributed_worker, args=(r, ports, str(tmp_path))) for r in range(max(WORLD_SIZES))]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(timeout=120)
+    for proc in procs:
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+    assert [proc.exitcode for proc in procs] == [0] * len(procs)
+
+    params = make_params()
+    muon = make_muon(params)
+    run_muon(muon, params, range(3))
+    single_state = muon.state_dict()
+    for world in WORLD_SIZES:
+        for rank in range(world):
+            result = torch.load(tmp_path / f"world{world}_rank{rank}.pt")
+            for got, want in zip(result["params"], params):
+                torch.testing.assert_close(got, want.detach(), rtol=0, atol=1e-6)
+            for index, state in single_state["state"].items():
+                torch.testing.assert_close(
+                    result["state"]["state"][index]["momentum_buffer"], state["momentum_buffer"], rtol=0, atol=0
+                )
+            # Each rank orthogonalised only its share: ⌈3/W⌉ + ⌈2/W⌉ matrices per step, not all 5.
+            assert result["batch_sizes"] == [math.ceil(3 / world), math.ceil(2 / world)] * 3, (world, rank)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Parameter groups, the Adam part and the ESM2 recipe
+
+
+def make_param_groups(seed: int = 0) -> dict[str, list[torch.nn.Parameter]]:
+    gen = torch.Generator().manual_seed(seed)
+    shapes = {
+        "hidden": [(16, 8), (8, 16)],
+        "embed": [(33, 8)],
+        "value_embed": [(33, 8), (33, 8)],
+        "head": [(33, 8)],
+        "scalar": [(8,), (), (4,)],
+    }
+    return {name: [torch.nn.Parameter(torch.randn(s, generator=gen)) for s in group] for name, group in shapes.items()}
+
+
+def set_grads(param_groups, step: int) -> None:
+    gen = torch.Generator().manual_seed(2000 + step)
+    for params in param_groups.values():
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=gen)
+
+
+def clone_groups(param_groups):
+    return {name: [torch.nn.Parameter(p.detach().clone()) for p in params] for name, params in param_groups.items()}
+
+
+LRS = dict(lr_hidden=0.03, lr_embed=0.07, lr_head=0.009, lr_scalar=0.05)
+
+
+def test_speedrun_split_and_adam_part_equal_torch_adamw():
+    groups = make_param_groups()
+    reference = clone_groups(groups)
+    initial = clone_groups(groups)
+    muon, adam = build_optimizers(groups, **LRS, adam_betas=(0.8, 0.95), adam_eps=1e-10)
+    assert isinstance(muon, Muon) and type(adam) is torch.optim.AdamW
+    assert [p for g in muon.param_groups for p in g["params"]] == groups["hidden"]
+    assert [g["name"] for g in adam.param_groups] == ["embed", "value_embed", "head", "scalar"]
+    assert adam.param_groups[1]["lr"] == LRS["lr_embed"]  # value embeddings default to the embedding LR
+    for optimizer in (muon, adam):
+        for group in optimizer.param_groups:
+            assert group["initial_lr"] == group["lr"]
+
+    hand_built = torch.optim.AdamW(
+        [
+            dict(params=reference["embed"], lr=LRS["lr_embed"]),
+            dict(params=reference["value_embed"], lr=LRS["lr_embed"]),
+            dict(params=reference["head"], lr=LRS["lr_head"]),
+            dict(params=reference["scalar"], lr=LRS["lr_scalar"]),
+        ],
+        betas=(0.8, 0.95),
+        eps=1e-10,
+        weight_decay=0.0,
+    )
+    for step in range(4):
+        set_grads(groups, step)
+        set_grads(reference, step)
+        adam.step()
+        hand_built.step()
+    for name in ("embed", "value_embed", "head", "scalar"):
+        for got, want, start in zip(groups[name], reference[name], initial[name]):
+            torch.testing.assert_close(got, want, rtol=0, atol=1e-7)
+            assert not torch.equal(got, start)
+
+
+def test_value_embed_lr_and_settings_reach_the_groups():
+    groups = make_param_groups()
+    muon, adam = build_optimizers(
+        groups,
+        lr_value_embed=0.5,
+        muon_momentum=0.9,
+        ns_steps=4,
+        ns_coefficients="polar_express",
+        muon_weight_decay=0.1,
+        cautious_weight_decay=True,
+    )
+    assert adam.param_groups[1]["name"] == "value_embed" and adam.param_groups[1]["lr"] == 0.5
+    (g,) = muon.param_groups
+    assert (g["momentum"], g["ns_steps"], g["ns_coefficients"], g["weight_decay"], g["cautious_weight_decay"]) == (
+        0.9,
+        4,
+        "polar_express",
+        0.1,
+        True,
+    )
+    with pytest.raises(ValueError, match="no effect"):
+        build_optimizers(make_param_groups(), cautious_weight_decay=True)
+
+
+def test_esm2_recipe_equals_hand_built_adamw():
+    groups = make_param_groups()
+    reference = clone_groups(groups)
+    (adamw,) = build_optimizers(groups, recipe="esm2")
+    all_reference = [p for name in ("hidden", "embed", "value_embed", "head", "scalar") for p in reference[name]]
+    hand_built = torch.optim.AdamW(all_reference, lr=4e-4, betas=(0.9, 0.98), eps=1e-8, weight_decay=0.01)
+    assert adamw.param_groups[0]["initial_lr"] == 4e-4
+    for step in range(4):
+        set_grads(groups, step)
+        set_grads(reference, step)
+        adamw.step()
+        hand_built.step()
+    for name in groups:
+        for got, want in zip(groups[name], reference[name]):
+            torch.testing.assert_close(got, want, rtol=0, atol=1e-7)
+
+
+def test_every_parameter_in_exactly_one_group():
+    groups = make_param_groups()
+    model_params = [p for params in groups.values() for p in params]
+    check_param_groups(groups, model_params)
+
+    shared = dict(groups, head=groups["head"] + [groups["embed"][0]])
+    with pytest.raises(ValueError, match=r"\(33, 8\).*in both 'embed' and 'head'"):
+        build_optimizers(shared)
+    repeated = dict(groups, scalar=groups["scalar"] + [groups["scalar"][0]])
+    with pytest.raises(ValueError, match=r"\(8,\).*twice in 'scalar'"):
+        build_optimizers(repeated)
+    forgotten = torch.nn.Parameter(torch.zeros(5, 7))
+    with pytest.raises(ValueError, match=r"\(5, 7\) is in no parameter group"):
+        build_optimizers(groups, all_params=model_params + [forgotten])
+    with pytest.raises(ValueError, match=r"\(16, 8\).*'hidden'.*not a parameter of the model"):
+        build_optimizers(groups, all_params=model_params[1:])
+    with pytest.raises(ValueError, match="unknown parameter group"):
+        build_optimizers(dict(groups, scalars=[]))
+    with pytest.raises(ValueError, match=r"'hidden'.*\(8,\)"):
+        build_optimizers(dict(groups, hidden=groups["hidden"] + [torch.nn.Parameter(torch.zeros(8))]))
+    with pytest.raises(ValueError, match="recipe"):
+        build_optimizers(groups, recipe="esm3")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Schedules
+
+
+SCHEDULE = dict(warmup_steps=100, cooldown_frac=0.4, floor=0.1)
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine", "linear", "trapezoid"])
+def test_schedule_start_warmup_and_end(schedule):
+    floor = 1.0 if schedule == "constant" else SCHEDULE["floor"]
+    num_steps = 1000
+
+    def at(step, progress=None):
+        progress = step / num_steps if progress is None else progress
+        return lr_multiplier(step, progress, schedule=schedule, **SCHEDULE)
+
+    assert at(0) == pytest.approx(1 / 100)  # warm-up starts near 0, not at 0
+    assert at(49) == pytest.approx(0.5 * at(99, 49 / num_steps))
+    assert at(99, 0.0) == 1.0  # end of warm-up, before any decay
+    assert at(num_steps, 1.0) == floor  # exact, for a step budget...
+    assert at(12_345, 3600.0 / 3600.0) == floor  # ...and for a wall-clock budget: used == total seconds
+    values = [at(s) for s in range(100, num_steps + 1)]
+    assert all(b <= a for a, b in zip(values, values[1:]))  # non-increasing after warm-up
+
+
+def test_schedule_mid_cooldown_values():
+    def shape(schedule, progress):
+        return lr_multiplier(10_000, progress, schedule=schedule, **SCHEDULE)
+
+    assert shape("cosine", 0.5) == pytest.approx(0.1 + 0.9 * 0.5)
+    assert shape("cosine", 0.25) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi / 4)))
+    assert shape("linear", 0.25) == pytest.approx(0.1 + 0.9 * 0.75)
+    assert shape("trapezoid", 0.6) == 1.0  # stable until 1 - cooldown_frac
+    assert shape("trapezoid", 0.8) == pytest.approx((1 + 0.1) / 2)  # halfway through the cooldown
+    assert shape("trapezoid", 0.9) == pytest.approx(0.1 + 0.9 * 0.25)
+    assert shape("constant", 0.7) == 1.0
+    assert shape("linear", 1.3) == 0.1  # a wall-clock run's progress just past 1 stays at the floor
+
+
+def test_time_based_progress_reaches_the_floor_whatever_the_hardware_speed():
+    budget = 60.0  # seconds
+    for seconds_per_step in (0.25, 0.1):  # a slow and a fast machine: 240 and 600 steps
+        elapsed, step, at_80_percent = 0.0, 0, []
+        while elapsed < budget:
+            elapsed, step = min(budget, elapsed + seconds_per_step), step + 1
+            mult = lr_multiplier(step, elapsed / budget, schedule="trapezoid", **SCHEDULE)
+            if elapsed / budget == pytest.approx(0.8):
+                at_80_percent.append(mult)
+        assert step == round(budget / seconds_per_step)
+        assert at_80_percent == [pytest.approx(0.55)]  # the same point of the cooldown on both machines
+        assert mult == 0.1  # the floor, exactly, when the budget is used up
+
+
+def test_schedule_argument_checks():
+    with pytest.raises(ValueError, match="schedule must be one of"):
+        lr_multiplier(0, 0.0, schedule="step", **SCHEDULE)
+    with pytest.raises(ValueError, match="progress"):
+        lr_multiplier(0, -0.1, schedule="linear", **SCHEDULE)
+    with pytest.raises(ValueError, match="cooldown_frac"):
+        lr_multiplier(0, 0.5, schedule="trapezoid", warmup_steps=0, cooldown_frac=0.0, floor=0.1)
+
+
+def test_muon_momentum_warmup():
+    assert muon_momentum_at(0) == 0.85
+    assert muon_momentum_at(150) == pytest.approx(0.90)
+    assert muon_momentum_at(300) == 0.95
+    assert muon_momentum_at(10_000) == 0.95
+    assert muon_momentum_at(5, warmup_steps=10, start=0.5, end=0.7) == pytest.approx(0.6)
+
+
+def test_apply_schedule_reaches_the_step():
+    groups = make_param_groups()
+    optimizers = build_optimizers(groups, **LRS)
+    apply_schedule(optimizers, 0.5, 0.9)
+    for optimizer in optimizers:
+        for group in optimizer.param_groups:
+            assert group["lr"] == 0.5 * group["initial_lr"]
+    assert optimizers[0].param_groups[0]["momentum"] == 0.9
+    assert optimizers[1].param_groups[0]["betas"] == (0.8, 0.95)
+
+    before = clone_groups(groups)
+    apply_schedule(optimizers, 0.0, None)  # LR 0: the step must not move anything
+    set_grads(groups, 0)
+    for optimizer in optimizers:
+        optimizer.step()
+    for name in groups:
+        for got, want in zip(groups[name], before[name]):
+            assert torch.equal(got, want)
+
+    (adamw,) = build_optimizers(make_param_groups(), recipe="esm2")
+    with pytest.raises(ValueError, match="none of the optimisers is Muon"):
+        apply_schedule([adamw], 1.0, 0.95)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Gradient clipping
+
+
+def test_clip_grad_norm_is_the_global_norm():
+    groups = make_param_groups()
+    set_grads(groups, 0)
+    params = [p for ps in groups.values() for p in ps]
+    grads = [p.grad.clone() for p in params]
+    expected = math.sqrt(sum(float((g.double() ** 2).sum()) for g in grads))
+
+    assert clip_grad_norm(params, None).item() == pytest.approx(expected, rel=1e-6)
+    assert all(torch.equal(p.grad, g) for p, g in zip(params, grads))  # None: measure only
+
+    assert clip_grad_norm(params, 1.0).item() == pytest.approx(expected, rel=1e-6)  # norm before clipping
+    for p, g in zip(params, grads):
+        torch.testing.assert_close(p.grad, g * (1.0 / expected), rtol=1e-5, atol=1e-7)
+    clipped = math.sqrt(sum(float((p.grad.double() ** 2).sum()) for p in params))
+    assert clipped == pytest.approx(1.0, rel=1e-5)
