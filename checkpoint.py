@@ -10,6 +10,8 @@ replaces or corrupts the last good checkpoint.
 """
 import dataclasses
 import json
+import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -19,6 +21,7 @@ from model import PLM, ModelConfig
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "model_config.json"
+STATE_FILE = "train_state.pt"
 
 
 def save_model(model: PLM, directory) -> None:
@@ -54,3 +57,38 @@ def unwrap(model):
     """The plain PLM inside DDP and/or torch.compile wrappers."""
     model = getattr(model, "module", model)
     return getattr(model, "_orig_mod", model)
+
+
+def save_checkpoint(directory, model: PLM, train_state: dict) -> Path:
+    """Write `directory` (e.g. .../step_000100) atomically: model files + `train_state.pt`, in a temporary
+    sibling directory that is renamed into place only once complete. Re-saving an existing step replaces it."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = directory.with_name(f"{directory.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_model(model, tmp)
+    torch.save(train_state, tmp / STATE_FILE)
+    for name in os.listdir(tmp):  # flush to disk before the rename makes the checkpoint visible
+        with open(tmp / name, "rb") as f:
+            os.fsync(f.fileno())
+    if directory.exists():  # a directory cannot be replaced by rename: move the old one aside first
+        old = directory.with_name(f"{directory.name}.old-{os.getpid()}")
+        os.replace(directory, old)
+        os.replace(tmp, directory)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, directory)
+    return directory
+
+
+def load_train_state(path) -> dict:
+    """The training state saved beside the model (optimizers, loader position, RNG, clock, histories, config).
+
+    Loaded with `weights_only=False` because it holds Python and NumPy RNG states: only resume from checkpoints
+    you wrote yourself (the model part, `load_model`, is plain safetensors + JSON and safe to share)."""
+    path = Path(path)
+    if not (path / STATE_FILE).is_file():
+        raise FileNotFoundError(f"{path} has no {STATE_FILE}: not a resumable checkpoint (a model-only directory "
+                                "loads with checkpoint.load_model)")
+    return torch.load(path / STATE_FILE, map_location="cpu", weights_only=False)

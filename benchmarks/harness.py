@@ -1,0 +1,384 @@
+"""Shared pieces of the benchmarks: the machine line, the data cache, the validation protocol, time-to-loss.
+
+Every recipe the benchmarks compare is scored by the same protocol, defined once here:
+
+    validation set  the first `n_val` sequences of sp50_valid.fasta.gz, each `<cls> residues <eos>` with the
+                    residues truncated to `max_length - 2` (the ESM benchmark's truncation), written as the
+                    `valid` shard of the benchmark's data folder, so train.py's own validation reads them too;
+    masks           `dataloader.fixed_mask(tokens, VAL_MASK_RATE, seed)`: 15% of residues, `<mask>` only, the same
+                    positions for every model. train.py passes its run `seed` as the mask seed, so runs compared on
+                    one curve share one seed (see the caveat on seeds in docs/RESULTS.md);
+    metric          summed cross-entropy over the masked positions / number of masked positions.
+
+Training runs are separate processes (train.py, or hf_reference.py for the Hugging Face baseline), each writing a
+JSON record with `val` = list of {step, tokens, train_time_s, loss}; this module reads those records back.
+"""
+import csv
+import gzip
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import shards  # noqa: E402  (after the sys.path line: benchmarks run from any directory)
+from dataloader import fixed_mask  # noqa: E402
+from vocab import CLS, EOS, MASK, PAD, encode  # noqa: E402
+
+SHARED_DATA = ROOT.parent / "shared" / "data" / "swissprot2014_sp50"
+TRAIN_FASTA = SHARED_DATA / "sp50_train.fasta.gz"
+VALID_FASTA = SHARED_DATA / "sp50_valid.fasta.gz"
+CACHE = Path(__file__).resolve().parent / ".cache"
+RESULTS = Path(__file__).resolve().parent / "results"
+DATA_NAME = "sp50"
+
+VAL_MASK_RATE = 0.15
+
+
+# ---------------------------------------------------------------- the machine
+def machine_info() -> dict:
+    """What a reader needs to rerun and compare: CPU model, cores, threads, library versions, git state."""
+    import torch
+
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        import transformers
+        hf_version = transformers.__version__
+    except ImportError:
+        hf_version = None
+
+    def git(*args):
+        try:
+            return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "transformers": hf_version,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "git_commit": git("rev-parse", "--short", "HEAD"),
+        "git_dirty": bool(git("status", "--porcelain")),
+        "loadavg_at_start": Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else None,
+        "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
+    }
+
+
+def machine_line(info: dict) -> str:
+    return (f"machine: {info['cpu']}, {info['cores']} cores, torch {info['torch']} ({info['torch_threads']} threads), "
+            f"transformers {info['transformers']}, python {info['python']}, git {info['git_commit']}"
+            f"{' (dirty)' if info['git_dirty'] else ''}, load avg at start {info['loadavg_at_start']}")
+
+
+# ---------------------------------------------------------------- data
+def read_fasta(path, limit=None):
+    """Yield the sequences of a (gzipped) FASTA file in file order, at most `limit` of them."""
+    opener = gzip.open if str(path).endswith(".gz") else open
+    n, parts = 0, []
+    with opener(path, "rt") as f:
+        for line in f:
+            line = line.strip()
+            if line.startswith(">"):
+                if parts:
+                    yield "".join(parts)
+                    n += 1
+                    if limit is not None and n >= limit:
+                        return
+                parts = []
+            elif line:
+                parts.append(line)
+    if parts and (limit is None or n < limit):
+        yield "".join(parts)
+
+
+def validation_tokens(n_val: int, max_length: int) -> np.ndarray:
+    """The validation shard's body: the first n_val valid sequences, residues truncated to max_length - 2."""
+    rows = []
+    for seq in read_fasta(VALID_FASTA, limit=n_val):
+        ids, _ = encode(seq[: max_length - 2])
+        rows.append(np.concatenate([[CLS], ids, [EOS]]).astype(np.uint8))
+    return np.concatenate(rows)
+
+
+def prepare_data(max_length: int, n_val: int, smoke: bool = False, log=print) -> tuple[Path, str]:
+    """Tokenize the training FASTA once (cached) and write this protocol's validation shard.
+
+    Returns (data_dir, data_name) for train.py's --data_dir/--data_name. The train shards live in
+    `.cache/train_full` (or `.cache/train_smoke`: the first 3,000 sequences, so a smoke run takes seconds) and
+    are symlinked into a folder per (max_length, n_val), which also holds that protocol's valid shard.
+    """
+    kind = "smoke" if smoke else "full"
+    train_dir = CACHE / f"train_{kind}"
+    if not list(train_dir.glob(f"{DATA_NAME}_train_*.bin")):
+        train_dir.mkdir(parents=True, exist_ok=True)
+        fasta = TRAIN_FASTA
+        if smoke:  # a small plain FASTA of the first sequences; the converter is the same
+            fasta = train_dir / "smoke_train.fasta"
+            with open(fasta, "w") as f:
+                for i, seq in enumerate(read_fasta(TRAIN_FASTA, limit=3000)):
+                    f.write(f">s{i}\n{seq}\n")
+        log(f"tokenizing {fasta} into {train_dir} (once; cached)")
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, str(ROOT / "data" / "tokenize_fasta.py"), str(fasta),
+                        "--output_dir", str(train_dir), "--name", DATA_NAME,
+                        "--valid_sequences", "0", "--test_sequences", "0"], check=True, cwd=ROOT,
+                       stdout=subprocess.DEVNULL)
+        log(f"tokenized in {time.perf_counter() - t0:.1f} s")
+    data_dir = CACHE / f"data_{kind}_L{max_length}_V{n_val}"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    for path in train_dir.glob(f"{DATA_NAME}_train_*.bin"):
+        link = data_dir / path.name
+        if not link.exists():
+            link.symlink_to(path.resolve())
+    valid_path = data_dir / shards.shard_name(DATA_NAME, "valid", 0)
+    tokens = validation_tokens(n_val, max_length)
+    # Rewritten only when different (atomically), so concurrent benchmark processes can share the folder.
+    if not valid_path.exists() or not np.array_equal(np.asarray(shards.read_shard(valid_path, mmap=False)), tokens):
+        shards.write_shard(valid_path, tokens)
+    return data_dir, DATA_NAME
+
+
+def split_sequences(tokens: np.ndarray) -> list[np.ndarray]:
+    """A shard body (whole `<cls> … <eos>` sequences back to back) -> one array per sequence."""
+    starts = np.flatnonzero(tokens == CLS)
+    ends = np.append(starts[1:], tokens.size)
+    return [tokens[s:e] for s, e in zip(starts, ends)]
+
+
+def load_sequences(data_dir, name: str, split: str) -> list[np.ndarray]:
+    out = []
+    for path in shards.find_shards(data_dir, name, split):
+        out.extend(split_sequences(np.asarray(shards.read_shard(path, mmap=False))))
+    return out
+
+
+# ---------------------------------------------------------------- the validation protocol
+def masked_validation(seqs: list[np.ndarray], seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(input_ids, labels) per validation sequence under the fixed masks; labels are -100 off the mask."""
+    items = []
+    for tokens in seqs:
+        mask = fixed_mask(tokens, VAL_MASK_RATE, seed)
+        inputs = tokens.astype(np.int64)
+        labels = np.full(tokens.shape, -100, dtype=np.int64)
+        labels[mask] = inputs[mask]
+        inputs = inputs.copy()
+        inputs[mask] = MASK
+        items.append((inputs, labels))
+    return items
+
+
+def padded_batches(items, max_batch_tokens: int = 16384):
+    """Group validation items by length into padded batches of at most ~max_batch_tokens (order does not matter
+    for a summed loss). Yields (input_ids (B, T) int64, labels (B, T) int64, valid (B, T) bool)."""
+    import torch
+
+    def collate(batch):
+        t = max(len(items[j][0]) for j in batch)
+        ids = torch.full((len(batch), t), PAD, dtype=torch.long)
+        labels = torch.full((len(batch), t), -100, dtype=torch.long)
+        for r, j in enumerate(batch):
+            n = len(items[j][0])
+            ids[r, :n] = torch.from_numpy(items[j][0])
+            labels[r, :n] = torch.from_numpy(items[j][1])
+        return ids, labels, ids != PAD
+
+    batch = []
+    for i in sorted(range(len(items)), key=lambda i: len(items[i][0])):  # ascending: item i is the longest yet
+        if batch and len(items[i][0]) * (len(batch) + 1) > max_batch_tokens:
+            yield collate(batch)
+            batch = []
+        batch.append(i)
+    if batch:
+        yield collate(batch)
+
+
+def validation_loss(logits_fn, items, max_batch_tokens: int = 16384) -> float:
+    """Loss per masked token. logits_fn(input_ids (B, T), valid (B, T) bool) -> logits (B, T, vocab)."""
+    import torch
+    import torch.nn.functional as F
+
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for ids, labels, valid in padded_batches(items, max_batch_tokens):
+            logits = logits_fn(ids, valid).float()
+            total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                                     ignore_index=-100, reduction="sum").item()
+            count += int((labels != -100).sum())
+    return total / count
+
+
+# ---------------------------------------------------------------- time to loss
+def time_to_loss(val: list[dict], target: float, key: str = "train_time_s"):
+    """Training time (or, with key="tokens", tokens seen) at which a run's validation loss first reaches `target`;
+    None if it never does.
+
+    Linear interpolation in training time between the last validation above the target and the first one at or
+    below it. Loss curves are convex here, so the chord crosses the target a little later than the curve does:
+    the estimate errs towards *longer* times, i.e. against a recipe that crosses between two validations, and is
+    exact for a run that reaches the target at a validation point (the reference at its final one).
+    """
+    points = sorted((v[key], v["loss"]) for v in val)
+    for k, (t, loss) in enumerate(points):
+        if loss <= target:
+            if k == 0:
+                return t
+            t0, l0 = points[k - 1]
+            return t0 + (t - t0) * (l0 - target) / (l0 - loss)
+    return None
+
+
+def tokens_to_loss(val: list[dict], target: float):
+    return time_to_loss(val, target, key="tokens")
+
+
+# ---------------------------------------------------------------- running, recording, plotting
+def run_logged(cmd: list[str], log_path: Path, log=print) -> int:
+    """Run one training process, its output to log_path; returns the exit code (a failed run is reported)."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log("$ " + " ".join(str(c) for c in cmd))
+    with open(log_path, "w") as f:
+        rc = subprocess.run([str(c) for c in cmd], cwd=ROOT, stdout=f, stderr=subprocess.STDOUT).returncode
+    if rc != 0:
+        tail = log_path.read_text().splitlines()[-15:]
+        log(f"  exit code {rc}; last lines of {log_path}:\n    " + "\n    ".join(tail))
+    return rc
+
+
+# ---------------------------------------------------------------- train.py runs
+def train_py_command(tag: str, work: Path, data_dir, budget_s: float, eval_every: int, seed: int,
+                     overrides: dict) -> list:
+    """train.py with a time budget: it stops after budget_s of training time and its LR schedule follows time.
+    Its log, summary JSON and final checkpoint go to `work`."""
+    cmd = [sys.executable, ROOT / "train.py", "--data_dir", data_dir, "--data_name", DATA_NAME,
+           "--log_dir", work, "--save_dir", work / "checkpoints", "--log_name", tag, "--seed", seed,
+           "--max_train_time_hours", budget_s / 3600, "--num_steps", 10 ** 9, "--eval_every", eval_every,
+           "--log_every", 25, "--val_mask_rate", VAL_MASK_RATE]
+    for key, value in overrides.items():  # later keys win in train.py's parser
+        cmd += [f"--{key}", str(value).lower() if isinstance(value, bool) else value]
+    return cmd
+
+
+def steps_per_second(tag: str, work: Path, calib_dir, seed: int, overrides: dict, log=print) -> float:
+    """A pilot of train.py (6 steps, a tiny validation set) so that a run's validations (every N steps) fall at
+    about n_evals equal intervals of training time, like the reference's time-based ones."""
+    cmd = train_py_command(tag + "_pilot", work, calib_dir, 3600, 0, seed, {**overrides, "num_steps": 6})
+    rc = run_logged(cmd, work / f"{tag}_pilot.log", log)
+    rec = load_record(work / f"{tag}_pilot.json", rc, tag + "_pilot")
+    if not rec.get("steps"):
+        raise RuntimeError(f"the pilot run {tag}_pilot failed: see {work / (tag + '_pilot.log')}")
+    return rec["steps"] / rec["train_time_s"]
+
+
+def run_train_py(tag: str, work: Path, data_dir, budget_s: float, n_evals: int, steps_per_s: float, seed: int,
+                 overrides: dict, log=print) -> dict:
+    eval_every = max(1, round(steps_per_s * budget_s / n_evals))
+    rc = run_logged(train_py_command(tag, work, data_dir, budget_s, eval_every, seed, overrides),
+                    work / f"{tag}.log", log)
+    return load_record(work / f"{tag}.json", rc, tag)
+
+
+def load_record(path: Path, rc: int, tag: str) -> dict:
+    """A run's JSON record; a failed run becomes a record that says so (and has no validation points)."""
+    if not path.exists():
+        return {"run_id": tag, "status": f"failed (exit {rc}, no record)", "val": [], "final_val_loss": None}
+    rec = json.loads(path.read_text())
+    if rc != 0:
+        rec["status"] = f"failed (exit {rc})"
+    return rec
+
+
+def compact(rec: dict) -> dict:
+    """The fields the results keep (train.py's summary also holds its training log and full config)."""
+    keep = ("run_id", "status", "n_params", "steps", "tokens", "train_time_s", "tokens_per_s", "final_val_loss",
+            "padding_fraction")
+    out = {k: rec.get(k) for k in keep if k in rec}
+    out["val"] = [{k: v[k] for k in ("step", "tokens", "train_time_s", "loss")} for v in rec.get("val", [])]
+    return out
+
+
+def checkpoint_loss(ckpt: str, data_dir, seed: int) -> float:
+    """A train.py checkpoint scored by this module's protocol (one sequence per row, padded batches, masks of
+    `seed`): shows that train.py's packed validation and the reference's padded one measure the same thing, and
+    scores runs of different seeds on the same masks."""
+    import torch
+    import checkpoint
+
+    model = checkpoint.load_model(ckpt).eval()
+    items = masked_validation(load_sequences(data_dir, DATA_NAME, "valid"), seed)
+
+    def logits_fn(ids, valid):
+        return model.logits(ids, torch.where(valid, 0, -1).to(torch.int32))
+
+    return validation_loss(logits_fn, items)
+
+
+def write_csv(path: Path, rows: list[dict]):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def write_json(path: Path, obj):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=1, default=str) + "\n")
+
+
+def plot_curves(runs: dict[str, list[dict]], path: Path, target=None, title=""):
+    """Validation loss vs training time (minutes), one line per recipe; a dashed line at the target loss."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    for label, val in runs.items():
+        pts = sorted((v["train_time_s"] / 60, v["loss"]) for v in val)
+        if pts:
+            ax.plot(*zip(*pts), marker="o", ms=3, label=label)
+    if target is not None:
+        ax.axhline(target, ls="--", c="gray", lw=1, label=f"reference final loss {target:.3f}")
+    ax.set_xlabel("training time (min, validation excluded)")
+    ax.set_ylabel("validation loss per masked token")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def fmt_table(rows: list[dict], cols: list[tuple[str, str]]) -> str:
+    """A GitHub-markdown table of rows; cols = [(key, header)]. Floats get 4 significant decimals."""
+    def cell(v):
+        if v is None:
+            return "–"
+        if isinstance(v, float):
+            return f"{v:.4g}" if abs(v) < 1000 else f"{v:,.0f}"
+        if isinstance(v, int):
+            return f"{v:,}"
+        return str(v)
+
+    lines = ["| " + " | ".join(h for _, h in cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(cell(r.get(k)) for k, _ in cols) + " |" for r in rows]
+    return "\n".join(lines)

@@ -1,0 +1,195 @@
+"""The reference implementation: what most pLM practitioners would train with, in one small loop.
+
+Hugging Face `transformers` `EsmForMaskedLM` (built from an `EsmConfig` with the released ESM2 settings: rotary
+positions, pre-LN, GELU, token dropout, no dropout, tied head; nothing downloaded), torch `AdamW` with the ESM2
+settings (betas 0.9/0.98, eps 1e-8, weight decay 0.01), gradient clipping at 1.0 (the HF `Trainer` default),
+15% BERT masking with 80/10/10 corruption, padded batches of whole sequences (randomly cropped to max_length,
+as ESM2 does), linear warm-up then linear decay to 10% of the peak LR (the ESM2 schedule).
+
+One deliberate kindness to the baseline: the schedule's progress is *training time / budget*, like ours, so its
+LR reaches its floor exactly when the budget ends (a practitioner would have to guess a step count).
+
+The clock covers data preparation, masking, forward, backward and the optimizer step; validation stops it. The run
+record has the fields of train.py's JSON summary that the benchmarks read (`val`, `tokens_per_s`, `n_params`,
+`final_val_loss`, …); tokens count real residues and specials, never padding.
+
+    python benchmarks/hf_reference.py --data_dir D --data_name sp50 --budget_s 210 --lr 1e-3 --output run.json
+"""
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness  # noqa: E402  (also puts the repository root on sys.path)
+from vocab import CLS, EOS, MASK, PAD, STANDARD_AA_IDS, VOCAB_SIZE  # noqa: E402
+
+
+def build_model(hidden_size: int, num_layers: int, num_heads: int, max_length: int):
+    """EsmForMaskedLM with the facebook/esm2_t6_8M_UR50D settings, at the given size (4x MLP)."""
+    from transformers import EsmConfig, EsmForMaskedLM
+
+    config = EsmConfig(
+        vocab_size=VOCAB_SIZE, mask_token_id=MASK, pad_token_id=PAD, eos_token_id=EOS,
+        hidden_size=hidden_size, num_hidden_layers=num_layers, num_attention_heads=num_heads,
+        intermediate_size=4 * hidden_size, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+        max_position_embeddings=max_length + 2, position_embedding_type="rotary", layer_norm_eps=1e-5,
+        emb_layer_norm_before=False, token_dropout=True, tie_word_embeddings=True,
+    )
+    config._attn_implementation = "sdpa"  # the fastest attention HF offers on CPU (the eager path is slower)
+    return EsmForMaskedLM(config)  # HF's own initialisation (normal, std 0.02), seeded by the caller
+
+
+def bert_mask(tokens: np.ndarray, rng: np.random.Generator, rate: float = 0.15):
+    """BERT masking as in HF DataCollatorForLanguageModeling: each residue chosen with probability `rate`;
+    chosen ones become <mask> (80%), a random standard amino acid (10%) or stay (10%). -> (inputs, labels)."""
+    maskable = (tokens != CLS) & (tokens != EOS) & (tokens != PAD)
+    chosen = maskable & (rng.random(tokens.shape) < rate)
+    labels = np.where(chosen, tokens.astype(np.int64), -100)
+    inputs = tokens.astype(np.int64)
+    roll = rng.random(tokens.shape)
+    inputs[chosen & (roll < 0.8)] = MASK
+    randomize = chosen & (roll >= 0.8) & (roll < 0.9)
+    inputs[randomize] = rng.choice(STANDARD_AA_IDS, size=int(randomize.sum()))
+    return inputs, labels
+
+
+class PaddedBatches:
+    """Seeded shuffle of whole sequences, reshuffled each epoch; each cropped to a random max_length window."""
+
+    def __init__(self, seqs, batch_sequences: int, max_length: int, seed: int):
+        self.seqs, self.bs, self.max_length = seqs, batch_sequences, max_length
+        self.rng = np.random.default_rng(seed)
+        self.order, self.pos, self.epoch = self.rng.permutation(len(seqs)), 0, 0
+
+    def next(self):
+        """-> (input_ids (B, T), labels (B, T), attention_mask (B, T), number of real tokens)."""
+        picked = []
+        while len(picked) < self.bs:
+            if self.pos == len(self.order):
+                self.order, self.pos, self.epoch = self.rng.permutation(len(self.seqs)), 0, self.epoch + 1
+            seq = self.seqs[self.order[self.pos]]
+            self.pos += 1
+            if len(seq) > self.max_length:
+                start = self.rng.integers(0, len(seq) - self.max_length + 1)
+                seq = seq[start:start + self.max_length]
+            picked.append(seq)
+        t = max(len(s) for s in picked)
+        tokens = np.full((len(picked), t), PAD, dtype=np.uint8)
+        for r, s in enumerate(picked):
+            tokens[r, :len(s)] = s
+        inputs, labels = bert_mask(tokens, self.rng)
+        attention = tokens != PAD
+        return (torch.from_numpy(inputs), torch.from_numpy(labels), torch.from_numpy(attention).long(),
+                int(attention.sum()))
+
+
+def lr_at(progress: float, peak: float, warmup_fraction: float, floor: float = 0.1) -> float:
+    """ESM2 schedule on time progress in [0, 1]: linear warm-up, then linear decay to floor·peak at the end."""
+    if progress < warmup_fraction:
+        return peak * progress / warmup_fraction
+    frac = min(1.0, (progress - warmup_fraction) / max(1e-9, 1 - warmup_fraction))
+    return peak * (1 - (1 - floor) * frac)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data_dir", required=True)
+    p.add_argument("--data_name", default="sp50")
+    p.add_argument("--hidden_size", type=int, default=128)
+    p.add_argument("--num_hidden_layers", type=int, default=6)
+    p.add_argument("--num_attention_heads", type=int, default=4)
+    p.add_argument("--max_length", type=int, default=512, help="tokens per sequence after cropping")
+    p.add_argument("--batch_sequences", type=int, default=16, help="sequences per step (padded batch)")
+    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
+    p.add_argument("--warmup_fraction", type=float, default=0.05, help="of the time budget")
+    p.add_argument("--budget_s", type=float, required=True, help="training-time budget in seconds")
+    p.add_argument("--eval_every_s", type=float, default=30.0, help="validate every this much training time")
+    p.add_argument("--seed", type=int, default=0, help="initial weights, data order and training masks")
+    p.add_argument("--val_mask_seed", type=int, default=0, help="seed of the fixed validation masks (harness.py)")
+    p.add_argument("--output", required=True, help="JSON run record")
+    args = p.parse_args(argv)
+
+    torch.manual_seed(args.seed)
+    model = build_model(args.hidden_size, args.num_hidden_layers, args.num_attention_heads, args.max_length)
+    n_params = sum(p.numel() for p in model.parameters())
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98), eps=1e-8, weight_decay=0.01)
+
+    train = PaddedBatches(harness.load_sequences(args.data_dir, args.data_name, "train"),
+                          args.batch_sequences, args.max_length, args.seed)
+    val_items = harness.masked_validation(harness.load_sequences(args.data_dir, args.data_name, "valid"),
+                                          args.val_mask_seed)
+
+    def validate():
+        model.eval()
+        loss = harness.validation_loss(lambda ids, valid: model(input_ids=ids, attention_mask=valid.long()).logits,
+                                       val_items)
+        model.train()
+        return loss
+
+    # Untimed warm-up, as train.py does for its compilation: two real steps (first-call allocations), then the
+    # initial weights, a fresh optimizer and a fresh data stream are restored, so they do not count as training.
+    initial_state = {k: v.clone() for k, v in model.state_dict().items()}
+    for _ in range(2):
+        inputs, labels, attention, _ = train.next()
+        model(input_ids=inputs, attention_mask=attention, labels=labels).loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    model.load_state_dict(initial_state)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98), eps=1e-8, weight_decay=0.01)
+    train = PaddedBatches(train.seqs, args.batch_sequences, args.max_length, args.seed)
+
+    val, step, tokens, padded, train_time = [], 0, 0, 0, 0.0
+    next_eval = 0.0
+    print(f"hf_reference: {n_params:,} parameters, lr {args.lr}, warm-up {args.warmup_fraction}, "
+          f"batch {args.batch_sequences} sequences, budget {args.budget_s:.0f} s", flush=True)
+    model.train()
+    while True:
+        if train_time >= next_eval or train_time >= args.budget_s:  # validation: clock stopped
+            loss = validate()
+            val.append({"step": step, "tokens": tokens, "train_time_s": train_time, "loss": loss})
+            print(f"step {step} tokens {tokens} train_time {train_time:.1f}s val_loss {loss:.4f}", flush=True)
+            next_eval = (math.floor(train_time / args.eval_every_s) + 1) * args.eval_every_s
+            if not math.isfinite(loss):
+                break
+        if train_time >= args.budget_s:
+            break
+        t0 = time.perf_counter()
+        lr = lr_at(train_time / args.budget_s, args.lr, args.warmup_fraction)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        inputs, labels, attention, n_real = train.next()
+        loss = model(input_ids=inputs, attention_mask=attention, labels=labels).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        loss_value = loss.item()  # a sync point; on CPU everything is synchronous anyway
+        train_time += time.perf_counter() - t0
+        step += 1
+        tokens += n_real
+        padded += inputs.numel()
+        if not math.isfinite(loss_value):
+            print(f"non-finite training loss at step {step}", flush=True)
+            val.append({"step": step, "tokens": tokens, "train_time_s": train_time, "loss": float("nan")})
+            break
+
+    record = {
+        "run_id": Path(args.output).stem, "recipe": "hf_reference", "config": vars(args), "n_params": n_params,
+        "steps": step, "tokens": tokens, "train_time_s": train_time,
+        "tokens_per_s": tokens / max(train_time, 1e-9), "padding_fraction": 1 - tokens / max(padded, 1),
+        "epochs_started": train.epoch + 1, "val": val, "final_val_loss": val[-1]["loss"],
+        "status": "ok" if math.isfinite(val[-1]["loss"]) else "diverged",
+    }
+    harness.write_json(Path(args.output), record)
+    print(f"final val loss {record['final_val_loss']:.4f}, {record['tokens_per_s']:.0f} tokens/s, "
+          f"padding {record['padding_fraction']:.0%}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
