@@ -62,7 +62,7 @@ class ModelConfig:
     unet: bool = True                     # first half of the layers feed the second half in reverse (record #11)
     x0_mix: bool = True                   # every block starts with x = λ0·x + λ1·x0 (record #9)
     value_embeddings: int = 6             # k tables on the first k and last k layers, mirrored; 0 = off (#14, #15)
-    attention_soft_cap: float = 0.0       # scores → cap·tanh(s/cap); 0 = off (QK-norm already bounds |s| ≤ √head_dim)
+    attention_soft_cap: float = 0.0       # scores → cap·tanh(s/cap); 0 = off (QK-norm bounds |s| ≤ √head_dim)
     soft_logit_cap: float = 32.0          # head logits capped, see soft_cap(); 0 = off (records #9, #18, #19)
     logit_cap_type: str = "tanh"          # "tanh": cap·tanh(z/cap); "sigmoid": cap·sigmoid(4z/cap) (record #19)
     tie_embeddings: bool = False          # head weight = token embedding (always true in esm2 mode)
@@ -220,6 +220,13 @@ def compiled_flex_attention():
     return torch.compile(flex_attention, dynamic=False)
 
 
+@functools.cache
+def compiled_create_block_mask():
+    """`create_block_mask` compiled once per process, on first use (CUDA only: see DocumentMask._block_mask)."""
+    from torch.nn.attention.flex_attention import create_block_mask
+    return torch.compile(create_block_mask)
+
+
 @dataclasses.dataclass
 class SequenceBucket:
     """n sequences padded to P tokens: the next n·P slots of the SDPA path's gathered tokens."""
@@ -246,7 +253,6 @@ class DocumentMask:
     """
 
     def __init__(self, seq_ids: torch.Tensor, window: int, backend: str):
-        self.shape = tuple(seq_ids.shape)  # (R, T)
         self.backend = backend
         self.positions = sequence_positions(seq_ids)
         if backend == "flex":
@@ -263,6 +269,10 @@ class DocumentMask:
             return keep & ((q - k).abs() < window) if window > 0 else keep
 
         R, T = seq_ids.shape
+        if seq_ids.is_cuda and not torch.compiler.is_compiling():
+            # Eager create_block_mask materialises the dense (R, T, T) mask: GBs at T = 16384. Compiled, it does
+            # not (the FlexAttention docs' advice). Inside a compiled model the graph compiles it anyway.
+            return compiled_create_block_mask()(same_sequence, R, None, T, T, device=seq_ids.device)
         return create_block_mask(same_sequence, R, None, T, T, device=seq_ids.device)
 
     @staticmethod
@@ -293,7 +303,8 @@ class DocumentMask:
             gather.append(torch.where(valid, index, 0).reshape(-1))
             scatter.append(torch.where(valid, index, R * T).reshape(-1))
         empty = torch.zeros(0, dtype=torch.int64, device=flat.device)
-        return SequenceBuckets(buckets, torch.cat(gather) if gather else empty, torch.cat(scatter) if scatter else empty)
+        return SequenceBuckets(buckets, torch.cat(gather) if gather else empty,
+                               torch.cat(scatter) if scatter else empty)
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: DocumentMask, soft_cap_value: float):
@@ -360,8 +371,9 @@ class Attention(nn.Module):
         self.num_heads, self.head_dim = config.num_attention_heads, config.head_dim
         self.esm2 = config.architecture == "esm2"
         self.soft_cap = config.attention_soft_cap
-        self.q_weight, self.k_weight, self.v_weight, self.out_weight = (nn.Parameter(torch.empty(D, D)) for _ in range(4))
         # Separate 2-D matrices so that Muon orthogonalises each one; concatenated per forward for one GEMM.
+        self.q_weight, self.k_weight, self.v_weight, self.out_weight = (nn.Parameter(torch.empty(D, D))
+                                                                        for _ in range(4))
         if self.esm2:
             self.q_bias, self.k_bias, self.v_bias, self.out_bias = (nn.Parameter(torch.empty(D)) for _ in range(4))
         self.value_embedding_lambdas = nn.Parameter(torch.empty(2)) if has_value_embedding else None
@@ -375,8 +387,10 @@ class Attention(nn.Module):
             q, k = rms_norm(q), rms_norm(k)  # QK-norm (record #5)
         q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
         if self.value_embedding_lambdas is not None:
-            a = self.value_embedding_lambdas.type_as(v)
+            a = self.value_embedding_lambdas
             v = a[0] * v + a[1] * value_embedding.view_as(v)
+        # Attention kernels need one dtype; under CUDA bf16 autocast the norms and the value embedding are fp32.
+        q, k, v = q.to(qkv.dtype), k.to(qkv.dtype), v.to(qkv.dtype)
         y = attend(q, k, v, mask, self.soft_cap).reshape(R, T, D)
         return F.linear(y, self.out_weight, self.out_bias if self.esm2 else None)
 
@@ -422,6 +436,17 @@ class Block(nn.Module):
         return x + self.mlp(self.mlp_norm(x))
 
 
+class LinearHead(nn.Module):
+    """The speedrun head: logits = x·Wᵀ, no bias (modded-nanogpt's lm_head)."""
+
+    def __init__(self, hidden_size: int, vocab_size: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(vocab_size, hidden_size))
+
+    def forward(self, x):
+        return F.linear(x, self.weight)
+
+
 class ESM2Head(nn.Module):
     """HF EsmLMHead: dense → GELU → LayerNorm → decoder (weight = token embedding) + bias."""
 
@@ -445,8 +470,10 @@ class PLM(nn.Module):
         super().__init__()
         self.config = config
         L, D, V = config.num_hidden_layers, config.hidden_size, config.vocab_size
-        self.token_embedding = nn.Embedding(V, D)
-        self.value_embeds = nn.ModuleList(nn.Embedding(V, D) for _ in range(config.value_embeddings))
+        # _weight=empty: shapes only, nn.Embedding's own random init is skipped (init_weights sets every parameter)
+        self.token_embedding = nn.Embedding(V, D, _weight=torch.empty(V, D))
+        self.value_embeds = nn.ModuleList(nn.Embedding(V, D, _weight=torch.empty(V, D))
+                                          for _ in range(config.value_embeddings))
         self.blocks = nn.ModuleList(Block(config, layer) for layer in range(L))
         self.skip_weights = nn.Parameter(torch.empty(L // 2)) if config.unet else None  # indexed by source layer
         if config.architecture == "esm2":
@@ -456,7 +483,7 @@ class PLM(nn.Module):
             self.final_norm = rms_norm
             # A plain linear head, as modded-nanogpt: SpeedrunningPLMs' extra dense+GELU costs D² per token
             # (≈ 1/12 of a block) for a 33-way softmax; its value is an ablation for experiments/.
-            self.head = nn.Linear(D, V, bias=False)
+            self.head = LinearHead(D, V)
             if config.tie_embeddings:
                 self.head.weight = self.token_embedding.weight
 
@@ -607,7 +634,7 @@ class PLM(nn.Module):
         hidden: 2-D matrices inside the blocks (Muon). embed: token embedding (also the head when tied).
         value_embed: value-embedding tables. head: head matrices. scalar: every parameter with ndim < 2."""
         groups = {"hidden": [], "embed": [], "value_embed": [], "head": [], "scalar": []}
-        for name, p in self.named_parameters():  # named_parameters yields a tied matrix once, as token_embedding.weight
+        for name, p in self.named_parameters():  # yields a tied matrix once, as token_embedding.weight
             if p.ndim < 2:
                 groups["scalar"].append(p)
             else:
@@ -623,9 +650,10 @@ class PLM(nn.Module):
         return sum(p.numel() for name, ps in groups.items() if name not in skip for p in ps)
 
     def flops_per_token(self, seq_len: float) -> int:
-        """Training FLOPs per token (forward + backward, backward = 2× forward), counting matrix multiplies as in
-        Hoffmann et al. (arXiv:2203.15556, app. F) / Serrano et al. pLM scaling (app. E); norms, softmax and
-        elementwise ops are not counted. seq_len is the attended length: with document masking, the mean length of
+        """Training FLOPs per token (forward + backward, backward = 2× forward), counting matrix multiplies as
+        Hoffmann et al. (arXiv:2203.15556, app. F) do and Serrano et al. "Are protein language models compute
+        optimal?" (arXiv:2406.07249, app. E) adopt for encoders; norms, softmax (3·H·S, < 0.2% here) and elementwise
+        ops are not counted. seq_len is the attended length: with document masking, the mean length of
         the sequences (weighted by tokens, Σ L²/Σ L, for an exact count); a sliding window caps it at 2·window - 1.
 
             forward = 2·V·D                                      embeddings (as a one-hot matmul)

@@ -42,7 +42,7 @@ import checkpoint
 import dataloader
 import optim
 from model import PLM, ModelConfig
-from shards import find_shards
+from shards import ShardError, find_shards
 from vocab import VOCAB_SIZE
 
 ROOT = Path(__file__).resolve().parent
@@ -83,6 +83,7 @@ class Config:
     mask_rate_warmup_steps: int = 0        # steps of the mask-rate warm-up
     bert_corruption: bool = False          # BERT/ESM2 80/10/10 (<mask>/random residue/unchanged) instead of all <mask>
     val_mask_rate: float = 0.15            # fraction of residues masked in the fixed validation and test masks
+    val_mask_seed: int = 0                 # seed of those masks: fixed, so every run scores the same positions
 
     # --- Model ---
     architecture: str = "speedrun"         # "speedrun" (UNet, value embeddings, caps) or "esm2" (plain ESM2 blocks)
@@ -610,8 +611,8 @@ def main(argv: list[str]) -> dict:
             raise ConfigError(f"resume_from: the config differs from the checkpoint's in {changed}; an exact resume "
                               "needs the same values (pass the run's YAML again)")
 
-    for split in ("train", "valid"):  # missing data stops the run here, naming the glob, before any work
-        find_shards(cfg.data_dir, cfg.data_name, split)
+    for split in ("train", "valid"):  # missing or corrupt data stops the run here, naming the file, before any work
+        dataloader.check_shards(find_shards(cfg.data_dir, cfg.data_name, split))
 
     distributed = "RANK" in os.environ and "WORLD_SIZE" in os.environ  # launched by torchrun
     rank = int(os.environ["RANK"]) if distributed else 0
@@ -682,7 +683,7 @@ def main(argv: list[str]) -> dict:
         """The fixed-mask rows of a split, in batches shaped like a training micro-batch (this rank's share)."""
         return dataloader.load_validation_batches(cfg.data_dir, cfg.data_name, split, row_length=cfg.row_length,
                                                   max_length=cfg.max_length, mask_rate=cfg.val_mask_rate,
-                                                  seed=cfg.seed, world_size=world_size, rank=rank,
+                                                  seed=cfg.val_mask_seed, world_size=world_size, rank=rank,
                                                   rows_per_batch=rows_per_micro)
 
     loader = make_loader()
@@ -1003,7 +1004,7 @@ def main(argv: list[str]) -> dict:
 if __name__ == "__main__":
     try:
         outcome = main(sys.argv[1:])
-    except (ConfigError, FileNotFoundError) as e:
+    except (ConfigError, FileNotFoundError, ShardError) as e:
         sys.exit(f"train.py: {e}")
     if outcome["status"] == "interrupted":
         sys.exit(128 + (outcome["signal"] or signal.SIGTERM))  # the shell's convention for "killed by signal N"

@@ -19,7 +19,6 @@ ratios are against HF measured in the same run.
 """
 import argparse
 import gzip
-import itertools
 import os
 import statistics
 import sys
@@ -29,12 +28,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-from model import PLM, ModelConfig, esm2_config  # noqa: E402  (after the sys.path line)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness  # noqa: E402  (also puts the repository root on sys.path)
+from model import PLM, ModelConfig, esm2_config  # noqa: E402
 from vocab import CLS, EOS, MASK, PAD, VOCAB_SIZE, encode_with_specials  # noqa: E402
 
-TRAIN_FASTA = ROOT.parent / "shared" / "data" / "swissprot2014_sp50" / "sp50_train.fasta.gz"
 ESM2_8M = dict(hidden_size=320, num_attention_heads=20, num_hidden_layers=6)  # facebook/esm2_t6_8M_UR50D
 SPEEDRUN_8M = dict(hidden_size=320, num_attention_heads=5, num_hidden_layers=6, expansion_ratio=4.0,
                    value_embeddings=2)
@@ -155,14 +153,19 @@ def main():
     parser.add_argument("--profile", action="store_true", help="print torch.profiler top ops for one step each")
     parser.add_argument("--smoke", action="store_true", help="tiny run for CI: 1 row of 512, 1 timed step")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=str(harness.RESULTS / "bench_model"), help="writes OUT.md and OUT.json")
     args = parser.parse_args()
     if args.smoke:
         args.rows, args.row_length, args.max_length, args.steps, args.warmup = 1, 512, 256, 1, 1
+        if args.out == parser.get_default("out"):
+            args.out = str(harness.RESULTS / "tmp" / "smoke" / "bench_model")
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
 
-    sequences = read_sequences(TRAIN_FASTA, limit=2000 if args.smoke else 20000)
+    info = harness.machine_info()
+    print(harness.machine_line(info), flush=True)
+    sequences = read_sequences(harness.TRAIN_FASTA, limit=2000 if args.smoke else 20000)
     n_batches = args.steps + args.warmup
     steps = make_steps(sequences, n_batches, args.rows, args.row_length, args.max_length, args.seed)
     runners = [Runner("HF EsmForMaskedLM (sdpa, padded)", hf_esm2_8m(), hf=True),
@@ -172,7 +175,6 @@ def main():
         runners += [Runner("ours esm2 mode, compiled", ours(esm2_config(**ESM2_8M)), hf=False, compiled=True),
                     Runner("ours speedrun, compiled", ours(ModelConfig(**SPEEDRUN_8M)), hf=False, compiled=True)]
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.2f}")
     slots_hf = [s["hf"]["input_ids"].numel() for s in steps]
     print(f"{n_batches} steps of {args.rows}x{args.row_length} packed tokens, sequences cropped to {args.max_length}: "
           f"{statistics.mean(s['real_tokens'] for s in steps):.0f} real tokens and "
@@ -196,12 +198,24 @@ def main():
     base, base_cpu = real / sum(runners[0].times), real / sum(runners[0].cpu_times)
     print(f"\nload average at the end {os.getloadavg()[0]:.2f}; wall = elapsed time, CPU = process CPU time "
           f"(all threads; the steadier measure when other processes share the cores)\n")
-    print("| model | parameters | median wall s/step | real tokens/s (wall) | vs HF | real tokens per CPU-s | vs HF |")
-    print("|---|---|---|---|---|---|---|")
+    lines = ["| model | parameters | median wall s/step | real tokens/s (wall) | vs HF | real tokens per CPU-s | vs HF |",
+             "|---|---|---|---|---|---|---|"]
+    rows = []
     for runner in runners:
         tps, tpc = real / sum(runner.times), real / sum(runner.cpu_times)
-        print(f"| {runner.name} | {runner.n_params:,} | {statistics.median(runner.times):.2f} | {tps:,.0f} | "
-              f"{tps / base:.2f}x | {tpc:,.0f} | {tpc / base_cpu:.2f}x |")
+        lines.append(f"| {runner.name} | {runner.n_params:,} | {statistics.median(runner.times):.2f} | {tps:,.0f} | "
+                     f"{tps / base:.2f}x | {tpc:,.0f} | {tpc / base_cpu:.2f}x |")
+        rows.append(dict(model=runner.name, parameters=runner.n_params, wall_s=runner.times, cpu_s=runner.cpu_times,
+                         tokens_per_s=tps, vs_hf=tps / base, tokens_per_cpu_s=tpc, vs_hf_cpu=tpc / base_cpu))
+    table = "\n".join(lines)
+    print(table)
+    setup = (f"{args.steps} timed steps of {args.rows}x{args.row_length} packed tokens (sequences cropped to "
+             f"{args.max_length}), {real / len(timed):.0f} real tokens per step, HF padded to "
+             f"{statistics.mean(slots_hf):.0f} slots; load average at the end {os.getloadavg()[0]:.2f}")
+    out = Path(args.out)
+    harness.write_json(out.with_suffix(".json"), {"machine": info, "args": vars(args), "rows": rows})
+    out.with_suffix(".md").write_text(f"{harness.machine_line(info)}\n{setup}\n\n{table}\n")
+    print(f"wrote {out}.md/.json")
 
     if args.profile:
         from torch.profiler import ProfilerActivity, profile

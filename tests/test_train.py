@@ -169,6 +169,21 @@ def test_missing_data_is_named(tmp_path):
     assert not (tmp_path / "logs").exists()
 
 
+def test_corrupt_shard_is_named_before_any_work(tiny_data, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    for split in ("train", "valid"):
+        (data / f"tiny_{split}_000000.bin").write_bytes((tiny_data / f"tiny_{split}_000000.bin").read_bytes())
+    broken = data / "tiny_train_000000.bin"
+    broken.write_bytes(broken.read_bytes()[:-10])  # truncated: the header's token count no longer matches
+    proc = subprocess.run([sys.executable, "train.py", *tiny_args(data, tmp_path, "corrupt")], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [f"train.py: {broken}: header says 53797 tokens but the file holds "
+                                                "53787 (truncated or corrupt)"]
+    assert not (tmp_path / "logs").exists()
+
+
 def test_every_config_key_is_read():
     """No dead flags: every Config field is used in train.py beyond its own definition."""
     source = (ROOT / "train.py").read_text()
@@ -324,11 +339,27 @@ def test_stop_at_target_and_time_budget(tiny_data, tmp_path):
     assert hit["time_to_target_s"] < 0.1 and hit["step_to_target"] == 0 and hit["tokens_to_target"] == 0
     budget = 3 / 3600  # three seconds of training
     timed = train.main(tiny_args(tiny_data, tmp_path, "timed", num_steps=100000, eval_every=0,
-                                 max_train_time_hours=budget))
-    assert timed["status"] == "ok" and 0 < timed["steps"] < 100000
+                                 max_train_time_hours=budget, scheduler_type="linear"))
+    assert timed["status"] == "ok" and 2 <= timed["steps"] < 100000
     assert timed["train_time_s"] >= 3.0 and timed["val"][-1]["step"] == timed["steps"]
+    # The schedule follows the clock: linear decay over the 3 s, so every later step has a lower LR.
     lrs = [e["lr"] for e in timed["train"]]
-    assert lrs[-1] < lrs[0]  # the schedule follows the clock: the LR has cooled down by the end
+    assert lrs[0] == pytest.approx(0.05, rel=1e-3) and all(b < a for a, b in zip(lrs, lrs[1:]))
+
+
+def test_validation_masks_do_not_depend_on_the_run_seed(tiny_data, tmp_path, monkeypatch):
+    """Runs with different seeds are scored on the same masked positions (val_mask_seed), so they compare."""
+    load, seeds = train.dataloader.load_validation_batches, []
+
+    def spy(*args, **kwargs):
+        seeds.append((args[2], kwargs["seed"]))
+        return load(*args, **kwargs)
+
+    monkeypatch.setattr(train.dataloader, "load_validation_batches", spy)
+    a = train.main(tiny_args(tiny_data, tmp_path, "seed1", num_steps=0, seed=1))
+    b = train.main(tiny_args(tiny_data, tmp_path, "seed2", num_steps=0, seed=2, val_mask_seed=7))
+    assert seeds == [("valid", 0), ("test", 0), ("valid", 7), ("test", 7)]
+    assert a["val"][0]["loss"] != b["val"][0]["loss"]
 
 
 def _fake_module(name: str, **attributes) -> types.ModuleType:
