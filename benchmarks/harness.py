@@ -16,6 +16,7 @@ JSON record with `val` = list of {step, tokens, train_time_s, loss}; this module
 import csv
 import gzip
 import json
+import math
 import os
 import platform
 import subprocess
@@ -40,6 +41,10 @@ RESULTS = Path(__file__).resolve().parent / "results"
 DATA_NAME = "sp50"
 
 VAL_MASK_RATE = 0.15
+# Every training process gets one thread (one core). On this shared 2-core machine, two torch threads slow down
+# 5-10x as soon as any other process wants a core (the threads wait for each other), so one thread per run is
+# what makes timings repeatable; it is the same for every recipe.
+TRAIN_THREADS = int(os.environ.get("BENCH_THREADS", "1"))
 
 
 # ---------------------------------------------------------------- the machine
@@ -71,6 +76,7 @@ def machine_info() -> dict:
         "cpu": cpu,
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        "training_process_threads": TRAIN_THREADS,
         "torch": torch.__version__,
         "transformers": hf_version,
         "python": platform.python_version(),
@@ -83,7 +89,8 @@ def machine_info() -> dict:
 
 
 def machine_line(info: dict) -> str:
-    return (f"machine: {info['cpu']}, {info['cores']} cores, torch {info['torch']} ({info['torch_threads']} threads), "
+    return (f"machine: {info['cpu']}, {info['cores']} cores, torch {info['torch']} ({info['torch_threads']} threads here, "
+            f"{info['training_process_threads']} per training process), "
             f"transformers {info['transformers']}, python {info['python']}, git {info['git_commit']}"
             f"{' (dirty)' if info['git_dirty'] else ''}, load avg at start {info['loadavg_at_start']}")
 
@@ -245,6 +252,15 @@ def time_to_loss(val: list[dict], target: float, key: str = "train_time_s"):
     return None
 
 
+def loss_at(val: list[dict], t: float) -> float:
+    """A run's validation loss at training time t, linearly interpolated between validations."""
+    points = sorted((v["train_time_s"], v["loss"]) for v in val)
+    for (t0, l0), (t1, l1) in zip(points, points[1:]):
+        if t0 <= t <= t1:
+            return l0 + (l1 - l0) * (t - t0) / max(t1 - t0, 1e-12)
+    return points[-1][1] if t > points[-1][0] else points[0][1]
+
+
 def tokens_to_loss(val: list[dict], target: float):
     return time_to_loss(val, target, key="tokens")
 
@@ -255,7 +271,8 @@ def run_logged(cmd: list[str], log_path: Path, log=print) -> int:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log("$ " + " ".join(str(c) for c in cmd))
     with open(log_path, "w") as f:
-        rc = subprocess.run([str(c) for c in cmd], cwd=ROOT, stdout=f, stderr=subprocess.STDOUT).returncode
+        rc = subprocess.run([str(c) for c in cmd], cwd=ROOT, stdout=f, stderr=subprocess.STDOUT,
+                            env={**os.environ, "OMP_NUM_THREADS": str(TRAIN_THREADS)}).returncode
     if rc != 0:
         tail = log_path.read_text().splitlines()[-15:]
         log(f"  exit code {rc}; last lines of {log_path}:\n    " + "\n    ".join(tail))
@@ -357,6 +374,10 @@ def plot_curves(runs: dict[str, list[dict]], path: Path, target=None, title=""):
             ax.plot(*zip(*pts), marker="o", ms=3, label=label)
     if target is not None:
         ax.axhline(target, ls="--", c="gray", lw=1, label=f"reference final loss {target:.3f}")
+    # Zoom on the part that differs: the untrained losses at step 0 (~3.5) are left above the frame.
+    later = [v["loss"] for val in runs.values() for v in val if v["step"] > 0 and math.isfinite(v["loss"])]
+    if later:
+        ax.set_ylim(min(later) - 0.01, max(later) + 0.01)
     ax.set_xlabel("training time (min, validation excluded)")
     ax.set_ylabel("validation loss per masked token")
     ax.set_title(title, fontsize=9)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every number in docs/RESULTS.md, in one command: ~45 min on 2 CPU cores. Run it on an otherwise idle machine
+# Every number in docs/RESULTS.md, in one command: ~50 min on 2 CPU cores. Run it on an otherwise idle machine
 # (the scripts print the load average at start; timings under load are meaningless).
 #   benchmarks/run_all.sh                       # the README's budgets
 #   MAIN_MIN=2 SWEEP_MIN=1 ABL_MIN=1 benchmarks/run_all.sh   # shorter
