@@ -27,6 +27,9 @@ import dataloader as dl  # noqa: E402
 from shards import write_shard  # noqa: E402
 from vocab import encode_with_specials  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import machine_info, machine_line  # noqa: E402
+
 FASTA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "swissprot2014_sp50" / "sp50_train.fasta.gz"
 
 
@@ -129,6 +132,7 @@ def main() -> None:
         args.sequences, args.row_length, args.max_length = 2_000, 1024, 512
         args.rows_per_micro, args.seconds, args.workers = 4, 0.5, "0,1"
     masking = dl.MaskingConfig(mask_rate=0.2, bert_corruption=args.bert)
+    print(machine_line(machine_info()))
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; "
           f"micro-batch = {args.rows_per_micro} x {args.row_length} tokens; mask_rate 0.2, bert={args.bert}")
     with tempfile.TemporaryDirectory() as tmp:

@@ -15,13 +15,15 @@ SCRIPTS = {
     "speedrun_vs_esm2.py": "| reference (HF EsmForMaskedLM + AdamW) |",
     "ablations.py": "| full recipe (seed 1) |",
     "attention_scaling.py": "| row length T |",
+    "bench_model.py": "| HF EsmForMaskedLM (sdpa, padded) |",
+    "bench_dataloader.py": "M row tok/s/worker",
 }
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("script", sorted(SCRIPTS))
 def test_benchmark_smoke(script, shared_data):
-    if script == "speedrun_vs_esm2.py":
+    if script in ("speedrun_vs_esm2.py", "bench_model.py"):
         pytest.importorskip("transformers")  # the reference implementation's benchmark-only dependency
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--smoke"], cwd=ROOT,
                             capture_output=True, text=True, timeout=900)
