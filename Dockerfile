@@ -30,7 +30,7 @@ RUN python3 -m venv "$VIRTUAL_ENV"
 # Dependencies first (cached layer): exactly requirements.txt, torch pinned there (torch==2.13.0, CUDA build from
 # PyPI), plus the optional integrations at pinned versions.
 COPY --chown=plm:plm requirements.txt .
-RUN pip install -r requirements.txt wandb==0.31.0 transformers==4.57.6
+RUN pip install -r requirements.txt wandb==0.31.0 transformers==5.24.0
 
 COPY --chown=plm:plm . .
 

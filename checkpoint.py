@@ -72,14 +72,20 @@ def save_checkpoint(directory, model: PLM, train_state: dict) -> Path:
     for name in os.listdir(tmp):  # flush to disk before the rename makes the checkpoint visible
         with open(tmp / name, "rb") as f:
             os.fsync(f.fileno())
-    if directory.exists():  # a directory cannot be replaced by rename: move the old one aside first
+    replace_directory(tmp, directory)
+    return directory
+
+
+def replace_directory(tmp: Path, directory: Path) -> None:
+    """Rename the complete folder `tmp` to `directory`, replacing an existing one (a directory cannot be replaced
+    by rename: the old one is moved aside first, then removed)."""
+    if directory.exists():
         old = directory.with_name(f"{directory.name}.old-{os.getpid()}")
         os.replace(directory, old)
         os.replace(tmp, directory)
         shutil.rmtree(old)
     else:
         os.replace(tmp, directory)
-    return directory
 
 
 def load_train_state(path) -> dict:

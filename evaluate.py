@@ -2,6 +2,7 @@
 
     python evaluate.py mlm   --checkpoint CKPT (--fasta FILE | --data_dir DIR --data_name NAME --split S)
     python evaluate.py probe --checkpoint CKPT --task gb1 --data_dir ../shared/data/flip [--with_controls]
+    python evaluate.py zeroshot --checkpoint CKPT --dms_dir ../shared/data/proteingym_dev    (zeroshot.py)
 
 Protocols (docs/EVALUATE.md has the full text, the reference numbers and the caveats):
 - MLM: each sequence is cropped to its first `max_length` tokens, then `dataloader.fixed_mask` picks the masked
@@ -40,6 +41,7 @@ from tqdm import tqdm
 import shards
 import vocab
 from dataloader import fixed_mask
+from zeroshot import MutationError
 
 log = logging.getLogger("evaluate")
 
@@ -194,11 +196,11 @@ def mlm_metrics(model, sequences, *, mask_rate: float = 0.15, seed: int = 0, max
     """Masked-token metrics of `model` on `sequences` (list of amino-acid strings or of token arrays with specials).
 
     Every sequence is cropped to `max_length` tokens, masked with `dataloader.fixed_mask(tokens, mask_rate, seed)`
-    (all masked positions become <mask>), and scored in length-sorted, padded batches of <= `batch_tokens` tokens
-    (one sequence per row, seq_ids -1 on padding; a longer sequence goes alone). Returns floats `loss` (nats per
-    masked token, the mean over all masked tokens of the set), `perplexity` = exp(loss), `accuracy`, `precision`,
-    `recall`, `f1`, `mcc` (see `classification_metrics`; argmax over the full 33-token vocabulary) and the counts
-    behind them.
+    (all masked positions become <mask>), and scored in packed batches of one shape, about `batch_tokens` tokens
+    each (`_packed_mlm_batches`), under bf16 autocast on CUDA as in training, in fp32 elsewhere. Returns floats
+    `loss` (nats per masked token, the mean over all masked tokens of the set), `perplexity` = exp(loss),
+    `accuracy`, `precision`, `recall`, `f1`, `mcc` (see `classification_metrics`; argmax over the full 33-token
+    vocabulary) and the counts behind them.
     The result does not depend on `batch_tokens` beyond float rounding. `device=None` uses the model's device;
     otherwise the model is moved there. The model's train/eval mode is restored on return.
     """
@@ -218,11 +220,12 @@ def mlm_metrics(model, sequences, *, mask_rate: float = 0.15, seed: int = 0, max
     was_training = model.training
     model.eval()
     try:
-        batches = length_batches([t.size for t in tokens], batch_tokens)
-        for batch in tqdm(batches, desc="mlm", unit="batch", disable=not progress):
-            input_ids, labels, seq_ids = _padded_mlm_batch([tokens[i] for i in batch], [masks[i] for i in batch])
+        batches = _packed_mlm_batches(tokens, masks, batch_tokens)
+        for input_ids, labels, seq_ids in tqdm(batches, desc="mlm", unit="batch", disable=not progress):
             scored = labels != -100
-            logits = model.logits(input_ids.to(device), seq_ids.to(device))[scored.to(device)].float()  # (M, 33)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                logits = model.logits(input_ids.to(device), seq_ids.to(device))
+            logits = logits[scored.to(device)].float()  # (M, 33)
             targets = labels[scored].to(device)  # (M,)
             loss_sum += F.cross_entropy(logits, targets, reduction="sum").item()
             confusion += confusion_matrix(targets.cpu().numpy(), logits.argmax(-1).cpu().numpy(), vocab.VOCAB_SIZE)
@@ -239,17 +242,20 @@ def mlm_metrics(model, sequences, *, mask_rate: float = 0.15, seed: int = 0, max
             "mask_rate": mask_rate, "seed": seed, "max_length": max_length}
 
 
-def _padded_mlm_batch(tokens: list[np.ndarray], masks: list[np.ndarray]):
-    """One row per sequence, padded to the longest: input_ids / labels int64 (R, T), seq_ids int32 (R, T)."""
-    rows, width = len(tokens), max(t.size for t in tokens)
-    input_ids = np.full((rows, width), vocab.PAD, dtype=np.int64)
-    labels = np.full((rows, width), -100, dtype=np.int64)
-    seq_ids = np.full((rows, width), -1, dtype=np.int32)
-    for r, (t, m) in enumerate(zip(tokens, masks)):
-        input_ids[r, :t.size] = np.where(m, vocab.MASK, t)
-        labels[r, :t.size][m] = t[m]
-        seq_ids[r, :t.size] = 0
-    return torch.from_numpy(input_ids), torch.from_numpy(labels), torch.from_numpy(seq_ids)
+def _packed_mlm_batches(tokens: list[np.ndarray], masks: list[np.ndarray], batch_tokens: int):
+    """The masked sequences packed side by side into rows, in batches of one (R, T) shape (`model.pack_for_inference`:
+    T = the longest sequence rounded up to 128, R = batch_tokens // T, the last batch topped up with empty rows), so
+    a compiled kernel (FlexAttention on CUDA) compiles once, not once per padded width. Yields input_ids / labels
+    int64 (R, T) and seq_ids int32 (R, T): 0, 1, … per row, -1 on padding."""
+    from model import pack_for_inference, packed_rows
+
+    inputs = [torch.from_numpy(np.where(m, vocab.MASK, t.astype(np.int64))) for t, m in zip(tokens, masks)]
+    targets = [torch.from_numpy(np.where(m, t.astype(np.int64), -100)) for t, m in zip(tokens, masks)]
+    packing = pack_for_inference([t.size for t in tokens], batch_tokens)
+    for batch in packing.batches:
+        input_ids, seq_ids = packed_rows(inputs, batch, packing.rows, packing.width, fill=vocab.PAD)
+        labels, _ = packed_rows(targets, batch, packing.rows, packing.width, fill=-100)
+        yield input_ids, labels, seq_ids
 
 
 def sequences_from_shards(data_dir, name: str, split: str) -> list[np.ndarray]:
@@ -616,7 +622,7 @@ def fit_probe(kind: str, x_train, y_train, x_valid, y_valid, x_test, y_test) -> 
             if best is None or valid_scores[lam] > valid_scores[best[0]] or math.isnan(valid_scores[best[0]]):
                 best = (lam, head)
     lam, head = best
-    return {"score": score(kind, y_test, head.predict(x_test)), "lambda": lam,
+    return {"score": score(kind, y_test, head.predict(x_test)), "lambda": lam, "valid_score": valid_scores[lam],
             "valid_scores": {str(k): v for k, v in valid_scores.items()}}
 
 
@@ -807,6 +813,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     controls.add_argument("--control", choices=("onehot", "random_init"), help="probe a control instead")
     controls.add_argument("--with_controls", action="store_true", help="checkpoint, onehot and random_init")
     probe.add_argument("--layer", type=int, help="hidden layer to embed (default: the final normed output)")
+    probe.add_argument("--layers", help="probe several layers: 'all' (0 = embeddings … L, and the final normed "
+                       "output) or a comma list like 2,4,final; the headline layer is the best on validation")
     probe.add_argument("--max_train", type=int, help="cap train and valid sequences (quick runs; flagged)")
     probe.add_argument("--max_test", type=int, help="cap test sequences (quick runs; flagged)")
     probe.add_argument("--seed", type=int, default=0, help="seed of subsampling and the meltome_draft valid set")
@@ -815,7 +823,23 @@ def parse_args(argv=None) -> argparse.Namespace:
     probe.add_argument("--batch_tokens", type=int, default=16384, help="padded tokens per embed call")
     probe.add_argument("--cache_dir", default=str(DEFAULT_CACHE_DIR), help="embedding cache ('' = no cache)")
 
-    for sub in (mlm, probe):
+    mlm.add_argument("--controls_data_dir", help="train shards the no-learning controls are fit on (default: "
+                     "--data_dir's train split when it has one; 'none' = skip the controls)")
+    mlm.add_argument("--controls_data_name", help="their name prefix (default: --data_name)")
+
+    zs = commands.add_parser("zeroshot", help="zero-shot fitness prediction on DMS assays (zeroshot.py)")
+    zs.add_argument("--checkpoint", required=True, help="checkpoint directory (model.safetensors + config)")
+    zs.add_argument("--dms_dir", required=True, help="folder laid out like ../shared/data/proteingym_dev")
+    zs.add_argument("--method", choices=("masked_marginal", "wt_marginal"), default="masked_marginal")
+    zs.add_argument("--assays", nargs="+", help="only these assays (default: every mutants/*.csv)")
+    zs.add_argument("--max_length", type=int, default=1024,
+                    help="tokens per forward pass incl. <cls>/<eos>; longer proteins are scored in windows")
+    zs.add_argument("--batch_size", type=int, default=32, help="sequences per forward pass")
+    zs.add_argument("--unigram_data_dir", default=str(REPO / "data" / "demo"),
+                    help="train shards whose residue frequencies make the unigram control")
+    zs.add_argument("--unigram_data_name", default="demo")
+
+    for sub in (mlm, probe, zs):
         sub.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
         sub.add_argument("--output", help="write the results as JSON here")
     args = parser.parse_args(argv)
@@ -825,8 +849,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("--data_name / --split only apply with --data_dir")
     if args.command == "probe" and args.checkpoint is None and args.control != "onehot":
         parser.error("--checkpoint is required (only --control onehot runs without one)")
-    if args.command == "probe" and args.control == "onehot" and (args.checkpoint or args.layer is not None):
-        parser.error("--control onehot uses neither --checkpoint nor --layer")
+    if args.command == "probe" and args.control == "onehot" and (args.checkpoint or args.layer is not None
+                                                                  or args.layers):
+        parser.error("--control onehot uses neither --checkpoint nor --layer/--layers")
+    if args.command == "probe" and args.layers and args.layer is not None:
+        parser.error("give --layer or --layers, not both")
     return args
 
 
@@ -841,8 +868,48 @@ def cmd_mlm(args) -> dict:
     result = mlm_metrics(model, sequences, mask_rate=args.mask_rate, seed=args.seed, max_length=args.max_length,
                          batch_tokens=args.batch_tokens, progress=True)
     print(format_mlm(result, source))
+    controls_result = mlm_controls(args)
+    if controls_result is not None:
+        print(controls_result.pop("text"))
+        print(f"gain below the best control ({controls_result['best_name']}): "
+              f"{controls_result['best'] - result['loss']:+.4f} nats per masked token")
     return {"checkpoint": args.checkpoint, "checkpoint_sha256": checkpoint_id(args.checkpoint), "source": source,
-            **result}
+            **result, "controls": controls_result,
+            "gain": controls_result["best"] - result["loss"] if controls_result else None}
+
+
+def mlm_controls(args) -> dict | None:
+    """The no-learning controls (controls.py) on exactly the positions `mlm_metrics` scored, fit on train shards."""
+    import controls
+
+    data_dir = args.controls_data_dir or args.data_dir
+    name = args.controls_data_name or args.data_name
+    implicit = args.controls_data_dir is None and not list(Path(data_dir or ".").glob(f"{name}_train_*.bin"))
+    if data_dir in (None, "none") or implicit:
+        log.info("controls: skipped (no train shards to fit them on; give --controls_data_dir and "
+                 "--controls_data_name)")
+        return None
+    model = controls.fit_controls(shards.find_shards(data_dir, name, "train"), args.mask_rate)
+    sequences = sequences_from_fasta(args.fasta) if args.fasta else \
+        sequences_from_shards(args.data_dir, args.data_name, args.split)
+    tokens, _ = prepare_mlm_sequences(sequences, args.max_length)
+    losses = controls.summarise(model.score(controls.masked_sequences(tokens, args.mask_rate, args.seed)))
+    return losses | {"text": controls.describe(losses, model)}
+
+
+def cmd_zeroshot(args) -> dict:
+    import controls
+    import zeroshot
+
+    device = pick_device(args.device)
+    model = load_checkpoint(args.checkpoint, device)
+    frequencies = controls.residue_frequencies(shards.find_shards(args.unigram_data_dir, args.unigram_data_name,
+                                                                  "train"))
+    result = zeroshot.run_zeroshot(model, args.dms_dir, frequencies, method=args.method, max_length=args.max_length,
+                                   batch_size=args.batch_size, assays=args.assays, device=device, progress=True)
+    print(zeroshot.format_zeroshot(result))
+    return {"checkpoint": args.checkpoint, "checkpoint_sha256": checkpoint_id(args.checkpoint),
+            "dms_dir": str(args.dms_dir), **result}
 
 
 def cmd_probe(args) -> dict:
@@ -851,25 +918,63 @@ def cmd_probe(args) -> dict:
     if args.checkpoint is not None:
         model, model_id = load_checkpoint(args.checkpoint, device), checkpoint_id(args.checkpoint)
     task = load_task(args.task, args.data_dir, args.split, args.seed)
+    by_layer = None
+    if args.layers:  # every requested layer of the model; the headline is the layer best on validation
+        layers = probe_layers(args.layers, model.config.num_hidden_layers)
+        by_layer = [run_probe(model, task, layer=layer, max_train=args.max_train, max_test=args.max_test,
+                              seed=args.seed, max_length=args.max_length, batch_tokens=args.batch_tokens,
+                              device=device, cache_dir=args.cache_dir or None, model_id=model_id, progress=True)
+                    for layer in layers]
+        print(format_layers(by_layer))
+        args.layer = max(by_layer, key=lambda r: r["valid_score"])["layer"]
     variants = [None, "onehot", "random_init"] if args.with_controls else [args.control]
     results = [run_probe(model, task, control=control, layer=None if control == "onehot" else args.layer,
                          max_train=args.max_train, max_test=args.max_test, seed=args.seed,
                          max_length=args.max_length, batch_tokens=args.batch_tokens, device=device,
                          cache_dir=args.cache_dir or None, model_id=model_id, progress=True)
+               if not (control is None and by_layer) else next(r for r in by_layer if r["layer"] == args.layer)
                for control in variants]
     print(format_probe(results))
     published = {name: {"mean": mean, "error": error}
                  for name, (mean, error) in PUBLISHED.get((task.name, task.split), {}).items()}
     return {"checkpoint": args.checkpoint, "checkpoint_sha256": model_id, "task": task.name, "split": task.split,
-            "results": results, "published_frozen_percent": published}
+            "results": results, "published_frozen_percent": published, "layers": by_layer,
+            "chosen_layer": args.layer if by_layer else None}
+
+
+def probe_layers(spec: str, num_layers: int) -> list[int | None]:
+    """'all' -> [0, 1, …, L, None]; '2,4,final' -> [2, 4, None] (None = the final normed output)."""
+    if spec == "all":
+        return list(range(num_layers + 1)) + [None]
+    out = []
+    for part in spec.split(","):
+        part = part.strip()
+        if part == "final":
+            out.append(None)
+        elif part.isdigit() and int(part) <= num_layers:
+            out.append(int(part))
+        else:
+            raise EvalError(f"--layers: {part!r} is not a layer (0..{num_layers}, 'final' or 'all')")
+    return out
+
+
+def format_layers(results: list[dict]) -> str:
+    """Per-layer probe table; the row marked * has the best validation score (the one reported as headline)."""
+    best = max(results, key=lambda r: r["valid_score"])
+    lines = [f"{results[0]['task']} ({results[0]['split']}), {results[0]['metric']} by layer "
+             "(0 = embeddings, final = normed output)", f"{'layer':>7} {'valid':>8} {'test':>8}"]
+    for r in results:
+        name = "final" if r["layer"] is None else str(r["layer"])
+        lines.append(f"{name:>7} {r['valid_score']:>8.4f} {r['score']:>8.4f}" + (" *" if r is best else ""))
+    return "\n".join(lines)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
-        payload = cmd_mlm(args) if args.command == "mlm" else cmd_probe(args)
-    except (EvalError, FileNotFoundError, shards.ShardError) as err:
+        payload = {"mlm": cmd_mlm, "probe": cmd_probe, "zeroshot": cmd_zeroshot}[args.command](args)
+    except (EvalError, MutationError, FileNotFoundError, shards.ShardError) as err:
         print(f"evaluate.py: error: {_one_line(err)}", file=sys.stderr)
         return 1
     if args.output:

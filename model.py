@@ -20,7 +20,9 @@ FlexAttention with a block mask (CUDA; its backward is not implemented on CPU in
 scaled-dot-product attention over the same sequences gathered into length buckets (CPU, or on request).
 
 This file has no I/O, no distributed code and reads no global settings; precision (bf16 autocast) and
-torch.compile are applied by the caller.
+torch.compile are applied by the caller. Under autocast the residual stream is in the autocast dtype from the
+embedding lookup on (`embedding_lookup`, `rms_norm`), as modded-nanogpt's bf16 activations (record #10); without
+autocast every number is what plain fp32 maths gives.
 """
 import dataclasses
 import functools
@@ -149,8 +151,26 @@ def value_embedding_table(layer: int, num_layers: int, num_tables: int) -> int |
 
 
 def rms_norm(x: torch.Tensor) -> torch.Tensor:
-    """Parameter-free RMSNorm over the last dimension (modded-nanogpt #5, #8: no learned gains)."""
-    return F.rms_norm(x, (x.size(-1),))
+    """Parameter-free RMSNorm over the last dimension (modded-nanogpt #5, #8: no learned gains), in x's dtype.
+
+    It runs outside autocast: CUDA autocast lists rms_norm as an fp32 op, so a bf16 x would come back fp32 and an
+    fp32 copy of x would be saved for backward. The kernel accumulates in fp32 whatever the input dtype (as
+    modded-nanogpt's bf16 F.rms_norm does), so nothing is lost. Without autocast this is plain F.rms_norm."""
+    with torch.autocast(x.device.type, enabled=False):
+        return F.rms_norm(x, (x.size(-1),))
+
+
+def embedding_lookup(table: nn.Embedding, ids: torch.Tensor) -> torch.Tensor:
+    """(R, T) ids -> (R, T, D) rows of `table`, in the autocast dtype when autocast is on for ids' device.
+
+    This is where a bf16 residual stream starts (modded-nanogpt keeps its embeddings in bf16, record #10):
+    nn.Embedding is not an autocast op, so without the cast x0, x, the UNet skips and every norm and residual add
+    would run, and be saved for backward, in fp32. Rows are gathered in fp32 and then cast, so the backward still
+    accumulates the table's gradient in fp32. Without autocast (fp32 runs) it is the plain lookup."""
+    rows = table(ids)
+    if torch.is_autocast_enabled(ids.device.type):
+        rows = rows.to(torch.get_autocast_dtype(ids.device.type))
+    return rows
 
 
 def soft_cap(z: torch.Tensor, cap: float, kind: str = "tanh") -> torch.Tensor:
@@ -199,13 +219,13 @@ def token_dropout(x: torch.Tensor, input_ids: torch.Tensor, seq_ids: torch.Tenso
     (1 - 0.15·0.8) / (1 - that sequence's observed <mask> ratio), as HF `EsmEmbeddings` does per padded row.
     (R, T, D) -> (R, T, D). In speedrun mode the RMSNorm that follows cancels the scale; the zeroing remains."""
     is_mask = input_ids == MASK
-    real = (seq_ids >= 0).to(x.dtype)
+    real = (seq_ids >= 0).float()  # counts in fp32 also under bf16 autocast: bf16 cannot count past 256 exactly
     slot = seq_ids.clamp(min=0).long()  # a row holds at most T sequences, so slots 0..T-1 suffice
     length = torch.zeros_like(real).scatter_add_(1, slot, real)
-    masked = torch.zeros_like(real).scatter_add_(1, slot, is_mask.to(x.dtype) * real)
+    masked = torch.zeros_like(real).scatter_add_(1, slot, is_mask.float() * real)
     observed = masked.gather(1, slot) / length.gather(1, slot).clamp(min=1)  # (R, T): ratio of the token's sequence
     scale = (1 - ESM2_TRAIN_MASK_RATIO) / (1 - observed).clamp(min=1e-3)  # an all-<mask> sequence stays finite
-    return x.masked_fill(is_mask[..., None], 0.0) * scale[..., None]
+    return x.masked_fill(is_mask[..., None], 0.0) * scale.to(x.dtype)[..., None]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -217,14 +237,53 @@ def compiled_flex_attention():
     """`flex_attention` compiled once per process, on first use (not at import: compiling is slow and needs no
     caller to pay for it unless FlexAttention runs). Uncompiled flex materialises the full score matrix."""
     from torch.nn.attention.flex_attention import flex_attention
-    return torch.compile(flex_attention, dynamic=False)
+    return torch.compile(flex_attention, dynamic=False, fullgraph=True)
 
 
-@functools.cache
-def compiled_create_block_mask():
-    """`create_block_mask` compiled once per process, on first use (CUDA only: see DocumentMask._block_mask)."""
-    from torch.nn.attention.flex_attention import create_block_mask
-    return torch.compile(create_block_mask)
+# FlexAttention's sparse block: the block mask says, per (query block, key block) tile, whether to skip it, compute
+# it with the mask_mod, or compute it without (a "full" tile). torch's default, which its kernels are tuned for.
+FLEX_BLOCK = 128
+
+
+def document_block_mask(seq_ids: torch.Tensor, window: int):
+    """The FlexAttention BlockMask of `DocumentMask`, built from per-block sequence-id ranges: O(R·(T/128)²) work.
+
+    `create_block_mask` would evaluate the mask predicate on all R·T² position pairs (10⁹ at 4 × 16,384), and
+    eagerly it materialises them; modded-nanogpt builds its masks from block ranges too (`BlockMask.from_kv_blocks`,
+    record #12). Block q may see block k iff their id ranges overlap (and, with a window, their closest positions are
+    nearer than it); the tile is full iff both blocks hold one and the same sequence with no padding (and their
+    farthest positions are inside the window). For rows whose ids rise by one per sequence, as every packer here
+    writes them, this is exactly `create_block_mask`'s answer (tests/test_gpu_path.py); for other ids it is a
+    superset of tiles, and the mask_mod still decides inside each one.
+    """
+    from torch.nn.attention.flex_attention import BlockMask
+
+    def same_sequence(b, h, q, k):
+        keep = (seq_ids[b, q] == seq_ids[b, k]) & (seq_ids[b, q] >= 0)
+        return keep & ((q - k).abs() < window) if window > 0 else keep
+
+    R, T = seq_ids.shape
+    n = -(-T // FLEX_BLOCK)
+    ids = F.pad(seq_ids, (0, n * FLEX_BLOCK - T), value=-1).view(R, n, FLEX_BLOCK)  # (R, n, 128)
+    real = ids >= 0
+    lo = torch.where(real, ids, torch.iinfo(ids.dtype).max).amin(-1)  # (R, n) smallest id; MAX if all padding
+    hi = ids.amax(-1)  # (R, n) largest id; -1 if all padding
+    touch = (lo[:, :, None] <= hi[:, None, :]) & (lo[:, None, :] <= hi[:, :, None])  # (R, n_q, n_k)
+    single = real.all(-1) & (lo == hi)  # (R, n): one sequence fills the block
+    full = single[:, :, None] & single[:, None, :] & (lo[:, :, None] == lo[:, None, :])
+    if window > 0:
+        block = torch.arange(n, device=seq_ids.device)
+        gap = (block[:, None] - block[None, :]).abs() * FLEX_BLOCK  # (n_q, n_k) distance between block starts
+        touch = touch & (gap - (FLEX_BLOCK - 1) < window)
+        full = full & (gap + (FLEX_BLOCK - 1) < window)
+
+    def ordered(tiles):  # (R, n, n) bool -> counts (R, 1, n), indices (R, 1, n, n): listed tiles first, in order
+        tiles = tiles.to(torch.int32)[:, None]
+        order = torch.argsort(tiles, dim=-1, descending=True, stable=True)
+        return tiles.sum(-1, dtype=torch.int32), order.to(torch.int32)
+
+    return BlockMask.from_kv_blocks(*ordered(touch & ~full), *ordered(full), BLOCK_SIZE=FLEX_BLOCK,
+                                    mask_mod=same_sequence, seq_lengths=(T, T))
 
 
 @dataclasses.dataclass
@@ -256,24 +315,9 @@ class DocumentMask:
         self.backend = backend
         self.positions = sequence_positions(seq_ids)
         if backend == "flex":
-            self.block_mask = self._block_mask(seq_ids, window)
+            self.block_mask = document_block_mask(seq_ids, window)
         else:
             self.buckets = self._buckets(seq_ids, window)
-
-    @staticmethod
-    def _block_mask(seq_ids, window):
-        from torch.nn.attention.flex_attention import create_block_mask
-
-        def same_sequence(b, h, q, k):
-            keep = (seq_ids[b, q] == seq_ids[b, k]) & (seq_ids[b, q] >= 0)
-            return keep & ((q - k).abs() < window) if window > 0 else keep
-
-        R, T = seq_ids.shape
-        if seq_ids.is_cuda and not torch.compiler.is_compiling():
-            # Eager create_block_mask materialises the dense (R, T, T) mask: GBs at T = 16384. Compiled, it does
-            # not (the FlexAttention docs' advice). Inside a compiled model the graph compiles it anyway.
-            return compiled_create_block_mask()(same_sequence, R, None, T, T, device=seq_ids.device)
-        return create_block_mask(same_sequence, R, None, T, T, device=seq_ids.device)
 
     @staticmethod
     @torch.compiler.disable  # data-dependent shapes (one call per bucket): runs eagerly inside a compiled model
@@ -358,6 +402,58 @@ def sdpa_attention_packed(q, k, v, mask: DocumentMask, soft_cap_value: float):
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# Fixed-shape batches for inference (embed, evaluate.py)
+
+
+@dataclasses.dataclass
+class InferencePacking:
+    """Where each sequence of a set goes when the set is run in batches of one (rows, width) shape."""
+    rows: int    # R: rows per batch
+    width: int   # T: tokens per row
+    batches: list[list[tuple[int, int, int]]]  # per batch: (sequence index, row, offset) of each sequence in it
+
+
+def pack_for_inference(lengths, max_tokens: int) -> InferencePacking:
+    """Pack sequences of `lengths` tokens into batches of R rows of T tokens, the same (R, T) for every batch.
+
+    One shape means one compile of the compiled kernels (FlexAttention on CUDA): a padded batch per width would
+    compile once per width, and past torch's recompile limit flex falls back to an eager kernel that materialises
+    the (R, H, T, T) scores. T = the longest length rounded up to FLEX_BLOCK; R = max(1, max_tokens // T).
+    Sequences go longest first, next-fit into rows (a new row when the next one does not fit), as the training
+    packer does; the last batch may hold fewer than R rows (`packed_rows` tops it up with empty rows).
+    """
+    lengths = [int(n) for n in lengths]
+    if not lengths:
+        return InferencePacking(1, FLEX_BLOCK, [])
+    width = -(-max(lengths) // FLEX_BLOCK) * FLEX_BLOCK
+    rows = max(1, max_tokens // width)
+    placements, row, fill = [], 0, 0
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        if fill + lengths[i] > width:
+            row, fill = row + 1, 0
+        placements.append((i, row, fill))
+        fill += lengths[i]
+    batches = [[] for _ in range(row // rows + 1)]
+    for i, r, offset in placements:
+        batches[r // rows].append((i, r % rows, offset))
+    return InferencePacking(rows, width, batches)
+
+
+def packed_rows(pieces, batch: list[tuple[int, int, int]], rows: int, width: int, fill: int):
+    """The rows of one batch of `pack_for_inference`: (R, T) int64 values (`fill` on padding) and (R, T) int32
+    seq_ids (0, 1, … per row, -1 on padding). pieces[i] is sequence i's 1-D int tensor (tokens, or labels)."""
+    values = torch.full((rows, width), fill, dtype=torch.int64)
+    seq_ids = torch.full((rows, width), -1, dtype=torch.int32)
+    next_id = [0] * rows
+    for i, row, offset in batch:
+        n = pieces[i].numel()
+        values[row, offset:offset + n] = pieces[i]
+        seq_ids[row, offset:offset + n] = next_id[row]
+        next_id[row] += 1
+    return values, seq_ids
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # Modules
 
 
@@ -389,7 +485,8 @@ class Attention(nn.Module):
         if self.value_embedding_lambdas is not None:
             a = self.value_embedding_lambdas
             v = a[0] * v + a[1] * value_embedding.view_as(v)
-        # Attention kernels need one dtype; under CUDA bf16 autocast the norms and the value embedding are fp32.
+        # Attention kernels need one dtype. Under autocast q, k, v are already bf16 (bf16 lookups, rms_norm in
+        # x's dtype); the cast keeps that true for a caller whose norms return fp32 (tests/test_model.py).
         q, k, v = q.to(qkv.dtype), k.to(qkv.dtype), v.to(qkv.dtype)
         y = attend(q, k, v, mask, self.soft_cap).reshape(R, T, D)
         return F.linear(y, self.out_weight, self.out_bias if self.esm2 else None)
@@ -410,7 +507,10 @@ class MLP(nn.Module):
     def forward(self, x):
         if self.esm2:
             return F.linear(F.gelu(F.linear(x, self.up_weight, self.up_bias)), self.down_weight, self.down_bias)
-        return F.linear(F.relu(F.linear(x, self.up_weight)).square(), self.down_weight)
+        h = F.relu(F.linear(x, self.up_weight))  # (R, T, F)
+        # h·h rather than h.square(): CUDA autocast runs pow in fp32, which would make (and save for backward) an
+        # fp32 (R, T, F) tensor per layer. In fp32 the two are the same numbers, forward and backward.
+        return F.linear(h * h, self.down_weight)
 
 
 class Block(nn.Module):
@@ -536,7 +636,8 @@ class PLM(nn.Module):
         assert not missing, f"init_weights left parameters unset: {missing}"
 
     # ------------------------------------------------------------------------------------------------------------
-    def _attention_backend(self, device: torch.device) -> str:
+    def attention_backend(self, device: torch.device) -> str:
+        """The attention path this model takes on `device`: "flex" or "sdpa" ("auto" resolved)."""
         backend = self.config.attention_backend
         if backend == "auto":
             return "flex" if device.type == "cuda" else "sdpa"
@@ -546,15 +647,15 @@ class PLM(nn.Module):
         """Embeddings and blocks. Returns the residual stream after `stop_after` blocks (all by default), (R, T, D)."""
         c = self.config
         L = c.num_hidden_layers
-        mask = DocumentMask(seq_ids, c.sliding_window, self._attention_backend(input_ids.device))
+        mask = DocumentMask(seq_ids, c.sliding_window, self.attention_backend(input_ids.device))
         rope = rotary_tables(mask.positions, c.head_dim, c.rope_base)
-        x = self.token_embedding(input_ids)  # (R, T, D)
+        x = embedding_lookup(self.token_embedding, input_ids)  # (R, T, D), bf16 under autocast
         if c.token_dropout:
             x = token_dropout(x, input_ids, seq_ids)
         if c.architecture == "speedrun":
             x = rms_norm(x)  # post-embedding norm (record #8)
         x0 = x
-        value_embeds = [table(input_ids) for table in self.value_embeds]  # each (R, T, D)
+        value_embeds = [embedding_lookup(table, input_ids) for table in self.value_embeds]  # each (R, T, D)
         stored = {}
         for layer, block in enumerate(self.blocks[:stop_after]):
             source = unet_skip_source(layer, L) if c.unet else None
@@ -592,9 +693,10 @@ class PLM(nn.Module):
     def embed(self, sequences: list[str], layer: int | None = None, max_tokens: int = 8192, device=None):
         """Representations of amino-acid strings for downstream use.
 
-        Each sequence is encoded as <cls> residues <eos>, sequences are sorted by length and batched (one per row,
-        at most `max_tokens` padded tokens per batch; a longer sequence goes alone) and run in eval mode without
-        grad. `device`: where to run; the model is moved there (like `.to(device)`); None = where it is.
+        Each sequence is encoded as <cls> residues <eos>; the sequences are packed into batches of one fixed shape
+        (`pack_for_inference`: rows as wide as the longest sequence rounded up to 128, max_tokens // width rows) and
+        run in eval mode without grad, under bf16 autocast on CUDA (as in training) and in fp32 elsewhere.
+        `device`: where to run; the model is moved there (like `.to(device)`); None = where it is.
         Returns (per_residue, pooled): a list of (L_i, D) fp32 CPU tensors without <cls>/<eos>, in input order,
         and their (N, D) means. A sequence's result does not depend on the other sequences (tested).
         """
@@ -604,25 +706,18 @@ class PLM(nn.Module):
         tokens = [torch.from_numpy(encode_with_specials(s).astype("int64")) for s in sequences]
         if any(t.numel() <= 2 for t in tokens):
             raise ValueError("embed() needs non-empty sequences")
-        order = sorted(range(len(tokens)), key=lambda i: -tokens[i].numel())
+        packing = pack_for_inference([t.numel() for t in tokens], max_tokens)
         per_residue = [None] * len(tokens)
         was_training = self.training
         self.eval()
         try:
-            start = 0
-            while start < len(order):
-                width = tokens[order[start]].numel()  # longest first, so the first sequence sets the width
-                count = max(1, min(max_tokens // width, len(order) - start))
-                batch = order[start:start + count]
-                input_ids = torch.full((count, width), EOS, dtype=torch.int64)  # padding id is irrelevant: masked
-                seq_ids = torch.full((count, width), -1, dtype=torch.int32)
-                for row, i in enumerate(batch):
-                    input_ids[row, :tokens[i].numel()] = tokens[i]
-                    seq_ids[row, :tokens[i].numel()] = 0
-                h = self.hidden_states(input_ids.to(device), seq_ids.to(device), layer).float().cpu()
-                for row, i in enumerate(batch):
-                    per_residue[i] = h[row, 1:tokens[i].numel() - 1].clone()
-                start += count
+            for batch in packing.batches:
+                # the padding id is irrelevant: padding has seq_id -1, so no real token sees it
+                input_ids, seq_ids = packed_rows(tokens, batch, packing.rows, packing.width, fill=EOS)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                    h = self.hidden_states(input_ids.to(device), seq_ids.to(device), layer).float().cpu()
+                for i, row, offset in batch:
+                    per_residue[i] = h[row, offset + 1:offset + tokens[i].numel() - 1].clone()
         finally:
             self.train(was_training)
         pooled = torch.stack([r.mean(dim=0) for r in per_residue]) if per_residue else torch.empty(0)

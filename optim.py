@@ -63,11 +63,14 @@ def _coefficient_schedule(coefficients: str, steps: int) -> Sequence[tuple[float
     raise ValueError(f"ns_coefficients must be one of {NS_COEFFICIENTS}, got {coefficients!r}")
 
 
-def newton_schulz(G: Tensor, steps: int = 5, coefficients: str = "quintic") -> Tensor:
+def newton_schulz(
+    G: Tensor, steps: int = 5, coefficients: str = "quintic", dtype: torch.dtype | None = None
+) -> Tensor:
     """Approximate polar factor U Vᵀ of G = U S Vᵀ, batched over leading dimensions.
 
-    G: (..., rows, cols), any float dtype. Returns the same shape in `orthogonalisation_dtype(G.device)` (bf16 on
-    CUDA, fp32 on CPU); the caller casts. The result is U p(S) Vᵀ for an odd polynomial p, so its singular vectors
+    G: (..., rows, cols), any float dtype. Returns the same shape in `dtype`, by default
+    `orthogonalisation_dtype(G.device)` (bf16 on CUDA, fp32 on CPU; benchmarks/gpu_check.py runs the bf16
+    iteration on a CPU too); the caller casts. The result is U p(S) Vᵀ for an odd polynomial p, so its singular vectors
     are exactly G's and only the singular values are approximate. For σ ≥ 2e-3·‖G‖_F, 5 steps put them in
     [0.68, 1.21] (quintic) or [0.85, 1.15] (Polar Express); smaller ones stay below the band (tests/test_optim.py
     derives both bands from the coefficients). A zero matrix maps to zero, which lets `Muon` pad with zeros.
@@ -75,7 +78,7 @@ def newton_schulz(G: Tensor, steps: int = 5, coefficients: str = "quintic") -> T
     if G.ndim < 2:
         raise ValueError(f"newton_schulz needs a matrix (or a batch of them), got shape {tuple(G.shape)}")
     schedule = _coefficient_schedule(coefficients, steps)
-    X = G.to(orthogonalisation_dtype(G.device))
+    X = G.to(dtype or orthogonalisation_dtype(G.device))
     tall = G.size(-2) > G.size(-1)
     if tall:  # iterate on the wide orientation: X Xᵀ is then the smaller Gram matrix
         X = X.mT
@@ -98,6 +101,15 @@ def _rank_and_world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+def all_gather_async(output: Tensor, input: Tensor):
+    """Start gathering every rank's `input` into `output` (rank r's block at r·input.numel()); returns the work
+    handle. Recent torch (2.13) names this collective `all_gather_single` and deprecates the older name
+    `all_gather_into_tensor` (torch >= 2.0), which is the only one older images have: the same collective under
+    either name, so an older image works instead of failing at the first Muon step after minutes of compiling."""
+    gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+    return gather(output, input, async_op=True)
 
 
 class Muon(torch.optim.Optimizer):
@@ -172,24 +184,25 @@ class Muon(torch.optim.Optimizer):
                 loss = closure()
         rank, world = _rank_and_world()
 
-        # 1. Momentum for every matrix on every rank (cheap, and keeps the state identical everywhere); bucket the
-        #    matrices by (shape, Newton–Schulz settings), in param-group order.
+        # 1. Momentum for every matrix on every rank (cheap, and keeps the state identical everywhere), one foreach
+        #    launch per group rather than one per matrix (~150 matrices in the default model); bucket the matrices by
+        #    (shape, dtype, Newton–Schulz settings), in param-group order.
         buckets: dict[tuple, list[tuple[nn.Parameter, dict]]] = {}
         for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if "momentum_buffer" not in state:
-                    state["momentum_buffer"] = torch.zeros_like(p, dtype=torch.float32)
-                state["momentum_buffer"].lerp_(p.grad.float(), 1 - group["momentum"])
-                key = (tuple(p.shape), group["ns_steps"], group["ns_coefficients"])
+            params = [p for p in group["params"] if p.grad is not None]
+            for p in params:
+                if "momentum_buffer" not in self.state[p]:
+                    self.state[p]["momentum_buffer"] = torch.zeros_like(p, dtype=torch.float32)
+                key = (tuple(p.shape), p.dtype, group["ns_steps"], group["ns_coefficients"])
                 buckets.setdefault(key, []).append((p, group))
+            if params:
+                torch._foreach_lerp_([self.state[p]["momentum_buffer"] for p in params],
+                                     [p.grad.float() for p in params], 1 - group["momentum"])
 
         # 2. Orthogonalise this rank's share of each bucket (matrix i on rank i % world, zero matrices as padding);
         #    start sharing it while the next bucket computes.
         pending = []
-        for (shape, steps, coefficients), items in buckets.items():
+        for (shape, _, steps, coefficients), items in buckets.items():
             per_rank = math.ceil(len(items) / world)
             padding = items[0][0].new_zeros(shape, dtype=torch.float32)
             mine = [
@@ -201,24 +214,30 @@ class Muon(torch.optim.Optimizer):
                 pending.append((items, updates.unsqueeze(0), None))
                 continue
             gathered = updates.new_empty((world * per_rank, *shape))  # rank r's stack, then rank r+1's
-            handle = dist.all_gather_single(gathered, updates.contiguous(), async_op=True)
+            handle = all_gather_async(gathered, updates.contiguous())
             pending.append((items, gathered.view(world, per_rank, *shape), handle))  # [r, j] is matrix j·world + r
 
-        # 3. Apply every update on every rank.
+        # 3. Apply every update on every rank: per bucket one cast and one shape scaling (all its matrices share a
+        #    shape), then foreach weight decay and update per param group.
         for items, gathered, handle in pending:
             if handle is not None:
                 handle.wait()
+            rows, cols = items[0][0].shape
+            gathered = gathered.to(items[0][0].dtype).mul_(max(1.0, rows / cols) ** 0.5)
+            by_group: dict[int, tuple[dict, list[Tensor], list[Tensor]]] = {}
             for i, (p, group) in enumerate(items):
-                u = gathered[i % world, i // world].to(p.dtype)
-                rows, cols = p.shape
-                u.mul_(max(1.0, rows / cols) ** 0.5)
+                entry = by_group.setdefault(id(group), (group, [], []))
+                entry[1].append(p)
+                entry[2].append(gathered[i % world, i // world])
+            for group, params, updates in by_group.values():
                 lr, wd = group["lr"], group["weight_decay"]
                 if wd != 0:
                     if group["cautious_weight_decay"]:
-                        p.sub_(p * (u * p >= 0), alpha=lr * wd)
+                        for p, u in zip(params, updates):
+                            p.sub_(p * (u * p >= 0), alpha=lr * wd)
                     else:
-                        p.mul_(1 - lr * wd)
-                p.sub_(u, alpha=lr)
+                        torch._foreach_mul_(params, 1 - lr * wd)
+                torch._foreach_sub_(params, updates, alpha=lr)
         return loss
 
 

@@ -39,14 +39,17 @@ import yaml
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import checkpoint
+import controls
 import dataloader
 import optim
+import provenance
 from model import PLM, ModelConfig
 from shards import ShardError, find_shards
 from vocab import VOCAB_SIZE
 
 ROOT = Path(__file__).resolve().parent
-CORE_FILES = ("train.py", "model.py", "optim.py", "dataloader.py", "vocab.py", "shards.py", "checkpoint.py")
+CORE_FILES = ("train.py", "model.py", "optim.py", "dataloader.py", "vocab.py", "shards.py", "checkpoint.py",
+              "controls.py", "provenance.py")
 SECRET_ENV = ("HF_TOKEN", "WANDB_API_KEY")
 # Keys people pass tokens with (the prior art's --token/--wandb_token): refused, with the variable to use instead.
 SECRET_KEYS = {"token": "HF_TOKEN", "hf_token": "HF_TOKEN", "hub_token": "HF_TOKEN", "huggingface_token": "HF_TOKEN",
@@ -84,6 +87,8 @@ class Config:
     bert_corruption: bool = False          # BERT/ESM2 80/10/10 (<mask>/random residue/unchanged) instead of all <mask>
     val_mask_rate: float = 0.15            # fraction of residues masked in the fixed validation and test masks
     val_mask_seed: int = 0                 # seed of those masks: fixed, so every run scores the same positions
+    controls: bool = True                  # score the no-learning controls (controls.py) on the validation masks
+    controls_max_train_tokens: int = 100_000_000  # train tokens the controls count, at most (one bounded pass)
 
     # --- Model ---
     architecture: str = "speedrun"         # "speedrun" (UNet, value embeddings, caps) or "esm2" (plain ESM2 blocks)
@@ -129,7 +134,7 @@ class Config:
 
     # --- Length of the run and LR schedule ---
     num_steps: int = 10000                 # optimiser steps (the run stops earlier at the time budget or target)
-    max_train_time_hours: float | None = None  # training-clock budget in hours; the LR schedule then follows time
+    max_train_time_hours: float | None = None  # training-clock budget in hours (schedule: whichever limit ends first)
     scheduler_type: str = "trapezoid"      # "trapezoid", "cosine", "linear" or "constant" (after the warm-up)
     lr_warmup_steps: int = 0               # steps of linear LR warm-up
     cooldown_frac: float = 0.4             # trapezoid: final fraction of the run spent cooling down
@@ -553,41 +558,53 @@ def evaluate(logits_fn, batches: list[dict], device: torch.device, autocast) -> 
             "masked_tokens": int(count)}
 
 
-def plot_losses(path: Path, train_log: list[dict], val_log: list[dict], target: float, run_id: str) -> None:
+def plot_losses(path: Path, train_log: list[dict], val_log: list[dict], target: float, run_id: str,
+                control_losses: dict | None = None) -> None:
+    """Train and validation loss against the training clock, zoomed on the learning: the y-axis spans the
+    validation curve and the controls (the first steps near ln(33) are cut off), the controls drawn as lines."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    minutes = lambda log: [e["train_time_s"] / 60 for e in log]  # noqa: E731
     if train_log:
-        ax.plot([e["step"] for e in train_log], [e["loss"] for e in train_log], lw=1, alpha=0.7, label="train")
+        ax.plot(minutes(train_log), [e["loss"] for e in train_log], lw=1, alpha=0.6, label="train (batch)")
     if val_log:
-        ax.plot([e["step"] for e in val_log], [e["loss"] for e in val_log], "o-", lw=2, label="validation")
-    ax.axhline(target, color="k", ls="--", lw=1, label=f"target {target}")
-    ax.axhline(math.log(VOCAB_SIZE), color="gray", ls=":", lw=1, label="ln(33) (uniform)")
-    ax.set_xlabel("optimiser step")
+        ax.plot(minutes(val_log), [e["loss"] for e in val_log], "o-", lw=2, label="validation")
+    levels = [e["loss"] for e in val_log[1:] or val_log]
+    if control_losses:
+        for (name, style) in zip(controls.NAMES, (":", "-.", "--", "-")):
+            ax.axhline(control_losses[name], color="gray", ls=style, lw=1, label=f"control: {name}")
+        levels += [control_losses[name] for name in controls.NAMES]
+    if target >= min(levels or [target]) - 0.3:
+        ax.axhline(target, color="k", ls="--", lw=1, label=f"target {target}")
+        levels.append(target)
+    if levels:
+        span = max(levels) - min(levels)
+        ax.set_ylim(min(levels) - 0.1 * span - 0.01, max(levels) + 0.25 * span + 0.01)
+    ax.set_xlabel("training clock (minutes; validation and checkpoints excluded)")
     ax.set_ylabel("loss per masked token (nats)")
-    ax.set_title(run_id)
-    ax.legend()
+    gain = val_log[-1].get("gain") if val_log else None
+    ax.set_title(run_id + (f": final gain {gain:+.3f} nats below the best control" if gain is not None else ""))
+    ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
-def push_to_hub(checkpoint_dir: Path, repo_id: str, token: str, card: str, record: RunRecord) -> bool:
-    """Upload the final model (safetensors + config + a model card). A failure is logged, never fatal."""
+def push_to_hub(checkpoint_dir: Path, repo_id: str, token: str, summary_path: Path, record: RunRecord) -> bool:
+    """Upload the final checkpoint as export.py writes it (a folder that loads with transformers, its model card read
+    from the run's JSON summary). A failure is logged, never fatal: the checkpoint stays on disk."""
     try:
         import tempfile
-        import shutil
-        from huggingface_hub import HfApi
-        api = HfApi(token=token)
-        api.create_repo(repo_id=repo_id, exist_ok=True)
+        import export  # export.py and transformers load only in runs that push
         with tempfile.TemporaryDirectory() as tmp:
-            for name in (checkpoint.MODEL_FILE, checkpoint.CONFIG_FILE):
-                shutil.copy(checkpoint_dir / name, Path(tmp) / name)
-            (Path(tmp) / "README.md").write_text(card)
-            api.upload_folder(folder_path=tmp, repo_id=repo_id, commit_message=f"plm-speedrun: {checkpoint_dir.name}")
-        record.write(f"hub: pushed {checkpoint_dir} to https://huggingface.co/{repo_id}")
+            folder, notes = export.export_checkpoint(checkpoint_dir, Path(tmp) / "export", run_json=summary_path)
+            for note in notes:
+                record.write(f"hub: {note}")
+            url = export.push_folder(folder, repo_id, token, f"plm-speedrun: {checkpoint_dir.name}")
+        record.write(f"hub: pushed {checkpoint_dir} to {url} (loads with transformers; see docs/EXPORT.md)")
         return True
     except Exception as e:  # noqa: BLE001 - the model is safe on disk; a failed upload must not fail the run
         record.write(f"hub: push to {repo_id} failed ({type(e).__name__}: {e}); the model stays in {checkpoint_dir}")
@@ -596,8 +613,33 @@ def push_to_hub(checkpoint_dir: Path, repo_id: str, token: str, card: str, recor
 
 # ----------------------------------------------------------------------------------------------------------------
 
+DIST_TIMEOUT = datetime.timedelta(minutes=30)  # init_process_group: longer than any rank's compile
+
+
+def compile_and_wrap(raw_model: PLM, device: torch.device, compile_model: bool, distributed: bool):
+    """-> (model for training steps, logits function for evaluation), compiled and DDP-wrapped as asked.
+
+    fullgraph=True on the FlexAttention path, so a graph break fails loudly instead of silently splitting the
+    model; the SDPA path runs its per-bucket kernels eagerly (torch.compiler.disable), so it cannot be one graph.
+    DDP wraps the compiled module. Its first forward runs inside DDP, where torch.compile's DDPOptimizer splits the
+    graph at DDP's bucket boundaries: each bucket's all-reduce starts while the backward of earlier layers runs.
+    docs/TRAINING.md ("Gradient communication") weighs this against the alternatives in bytes and overlap;
+    tests/test_gpu_path.py checks the split and that two ranks equal one process.
+    """
+    fullgraph = raw_model.attention_backend(device) == "flex"
+    model, logits_fn = raw_model, raw_model.logits
+    if compile_model:
+        model = torch.compile(raw_model, dynamic=False, fullgraph=fullgraph)
+        logits_fn = torch.compile(raw_model.logits, dynamic=False, fullgraph=fullgraph)
+    if distributed:
+        model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None,
+                    gradient_as_bucket_view=True)
+    return model, logits_fn
+
+
 def main(argv: list[str]) -> dict:
     # ---- Setup: configuration, distributed, seeds, run record ----------------------------------------------------
+    run_start = provenance.start()  # load average and clocks before any work, for the record
     cfg, given = parse_config(argv)
     secrets = {name: os.environ.get(name) for name in SECRET_ENV}
     if cfg.push_to_hub and not secrets["HF_TOKEN"]:
@@ -620,10 +662,16 @@ def main(argv: list[str]) -> dict:
     local_rank = int(os.environ.get("LOCAL_RANK", 0)) if distributed else 0
     device = torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
     if device.type == "cuda":
+        # Before CUDA's allocator starts: grow segments instead of caching fixed blocks, so fragmentation cannot
+        # strand memory (modded-nanogpt does the same); the user's own setting wins.
+        if "PYTORCH_CUDA_ALLOC_CONF" not in os.environ and "PYTORCH_ALLOC_CONF" not in os.environ:
+            os.environ["PYTORCH_CUDA_ALLOC_CONF"] = "expandable_segments:True"
         torch.cuda.set_device(device)
         torch.set_float32_matmul_precision("high")  # TF32 for the few fp32 matmuls outside bf16 autocast
     if distributed:
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+        # Ranks wait in their first collective while others still compile (minutes for the default model);
+        # the timeout must cover that, not NCCL's 10-minute default.
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=DIST_TIMEOUT,
                                 device_id=device if device.type == "cuda" else None)
     # Host-side scalars (clock, signals, token counts) go through gloo so they never synchronise the GPU stream.
     host_group = dist.new_group(backend="gloo") if distributed and device.type == "cuda" else None
@@ -653,12 +701,15 @@ def main(argv: list[str]) -> dict:
                        append=resume_state is not None and resume_state["run_id"] == run_id)
     config_dict = dataclasses.asdict(cfg)
     git = git_state()
-    for name in CORE_FILES:
-        record.write(f"==================== {name} ====================\n{(ROOT / name).read_text()}", echo=False)
-    record.write("==================== config (resolved) ====================\n"
+    sources = {name: (ROOT / name).read_text() for name in CORE_FILES}
+    record.write(provenance.code_sections(sources), echo=False)
+    record.write(f"{provenance.CONFIG_HEADER}\n"
                  + yaml.safe_dump(json.loads(json.dumps(config_dict)), sort_keys=False).rstrip(), echo=False)
     record.write(f"run id: {run_id}\nkeys set by YAML/CLI: {sorted(given)}"
                  + (f"\nbugfix: true set {BUGFIX}" if cfg.bugfix else "") + "\n" + environment_report(device, world_size))
+    prov = provenance.RunProvenance(sources, cfg.data_dir, cfg.data_name, device, world_size, run_start,
+                                    hash_data=master)  # code and shard hashes, hardware: what records.py checks
+    record.write(prov.header())
     record.write(f"derived: {rows_per_step} rows of {cfg.row_length} tokens per step = {rows_per_micro} rows per "
                  f"micro-batch × {cfg.grad_accum} micro-steps × {world_size} ranks; compile: {compile_model}; "
                  f"precision: {'bf16 autocast' if device.type == 'cuda' else 'fp32'}; time budget: "
@@ -692,6 +743,22 @@ def main(argv: list[str]) -> dict:
     record.write(f"data: {cfg.data_dir}/{cfg.data_name}: {loader.shard_tokens:,} training tokens in "
                  f"{len(loader.layout.paths)} shards; validation {val_batches.stats}; test split: "
                  f"{'yes' if has_test else 'none'}")
+    # The no-learning controls on exactly these masked positions, once, before the clock starts: every validation
+    # loss is reported with its gain below the best of them.
+    control_losses = None
+    if cfg.controls:
+        t_controls = time.perf_counter()
+        control_model = controls.fit_controls(find_shards(cfg.data_dir, cfg.data_name, "train"), cfg.val_mask_rate,
+                                              cfg.controls_max_train_tokens)
+        sums = control_model.score(controls.rows_to_sequences(val_batches))
+        if distributed:  # each rank scored its own rows
+            keys = sorted(sums)
+            total = torch.tensor([float(sums[k]) for k in keys], dtype=torch.float64)
+            dist.all_reduce(total, group=host_group)
+            sums = {k: (int(v) if k == "masked_tokens" else v) for k, v in zip(keys, total.tolist())}
+        control_losses = controls.summarise(sums)
+        record.write(controls.describe(control_losses, control_model)
+                     + f"; {time.perf_counter() - t_controls:.1f} s, outside the clock")
 
     raw_model = PLM(model_config(cfg))
     raw_model.init_weights()
@@ -713,10 +780,7 @@ def main(argv: list[str]) -> dict:
     peak_lr = cfg.lr_hidden if cfg.recipe == "speedrun" else cfg.lr
 
     # ---- Compile, then an untimed warm-up that is undone ----------------------------------------------------------
-    model = torch.compile(raw_model, dynamic=False) if compile_model else raw_model
-    logits_fn = torch.compile(raw_model.logits, dynamic=False) if compile_model else raw_model.logits
-    if distributed:
-        model = DDP(model, device_ids=[local_rank] if device.type == "cuda" else None, gradient_as_bucket_view=True)
+    model, logits_fn = compile_and_wrap(raw_model, device, compile_model, distributed)
 
     def sum_over_ranks(values: list[float]) -> list[float]:
         """Host-side sum of small numbers over ranks (no GPU synchronisation)."""
@@ -826,16 +890,21 @@ def main(argv: list[str]) -> dict:
                 "step_to_target": target_reached["step"] if target_reached else None,
                 "tokens_to_target": target_reached["tokens"] if target_reached else None,
                 "val": val_log, "final_val_loss": val_log[-1]["loss"] if val_log else None, "test": test_result,
+                "controls": control_losses, "final_gain": val_log[-1]["gain"] if val_log else None,
                 "train": train_log, "checkpoints": checkpoints, "resumed_from": cfg.resume_from,
                 "peak_memory_bytes": peak_mem, "loader": loader.stats(), "git": git,
-                "versions": {"python": sys.version.split()[0], "torch": torch.__version__, "cuda": torch.version.cuda}}
+                "versions": {"python": sys.version.split()[0], "torch": torch.__version__, "cuda": torch.version.cuda},
+                "provenance": prov.summary(val_mask_rate=cfg.val_mask_rate, val_mask_seed=cfg.val_mask_seed,
+                                           val_stats=val_batches.stats, checkpoints=checkpoints)}
 
-    def write_summary():
+    def write_summary() -> dict:
+        written = provenance.seal(summary())  # as JSON, with its own sha256 (provenance.json_sha256)
         if master:
             summary_path.parent.mkdir(parents=True, exist_ok=True)
             tmp = summary_path.with_name(summary_path.name + ".tmp")
-            tmp.write_text(record.redact(json.dumps(summary(), indent=1)) + "\n")
+            tmp.write_text(record.redact(json.dumps(written, indent=1)) + "\n")
             os.replace(tmp, summary_path)
+        return written
 
     def save_checkpoint() -> Path:
         """Write step_{step}/ (rank 0; the weights and optimiser states are the same on every rank)."""
@@ -876,7 +945,8 @@ def main(argv: list[str]) -> dict:
             # Schedule values. Rank 0's clock and any rank's signal are shared, so every rank makes the same decisions.
             train_time, signalled = sum_over_ranks([clock.read() if master else 0.0,
                                                     1.0 if stop_signal["signum"] is not None else 0.0])
-            progress = min(train_time / budget_s, 1.0) if budget_s else step / max(cfg.num_steps, 1)
+            # The schedule follows whichever limit ends the run first (steps or clock), so either way it cools down.
+            progress = min(max(step / max(cfg.num_steps, 1), train_time / budget_s if budget_s else 0.0), 1.0)
             lr_mult, momentum = schedule(step, progress)
             last = step >= cfg.num_steps or (budget_s is not None and train_time >= budget_s) or signalled > 0
 
@@ -887,10 +957,13 @@ def main(argv: list[str]) -> dict:
                 model.eval()
                 val = evaluate(logits_fn, val_batches, device, autocast)
                 model.train()
-                val_log.append({"step": step, "tokens": tokens_seen, "train_time_s": clock.elapsed, **val})
+                gain = control_losses["best"] - val["loss"] if control_losses else None  # nats below the best control
+                val_log.append({"step": step, "tokens": tokens_seen, "train_time_s": clock.elapsed, **val,
+                                "gain": gain})
                 record.write(f"step:{step:>6d}/{cfg.num_steps} val_loss:{val['loss']:.4f} "
                              f"val_ppl:{val['perplexity']:.3f} val_acc:{val['accuracy']:.4f} "
-                             f"train_time:{clock.elapsed:.1f}s tokens:{tokens_seen}")
+                             + (f"gain:{gain:+.4f} " if gain is not None else "")
+                             + f"train_time:{clock.elapsed:.1f}s tokens:{tokens_seen}")
                 if target_reached is None and val["loss"] <= cfg.target_loss:
                     target_reached = {"train_time_s": clock.elapsed, "step": step, "tokens": tokens_seen}
                     record.write(f"TARGET val_loss {val['loss']:.4f} <= {cfg.target_loss} at step {step}: "
@@ -976,10 +1049,9 @@ def main(argv: list[str]) -> dict:
             record.echo = record.print
         if clock.running:
             clock.stop()
-        result = summary()
-        write_summary()
+        result = write_summary()
         if master:
-            plot_losses(plot_path, train_log, val_log, cfg.target_loss, run_id)
+            plot_losses(plot_path, train_log, val_log, cfg.target_loss, run_id, control_losses)
         if wandb_run:
             wandb_run.finish(result)
 
@@ -990,11 +1062,7 @@ def main(argv: list[str]) -> dict:
                  f"{result['time_to_target_s'] if target_reached else 'not reached'}; peak memory "
                  f"{result['peak_memory_bytes']}\nsummary: {summary_path}\nplot: {plot_path}")
     if status == "ok" and cfg.push_to_hub and master and checkpoints:
-        card = (f"# {run_id}\n\nA protein masked-LM encoder trained with plm-speedrun.\n\n"
-                f"- parameters: {n_params:,}\n- steps: {step}, tokens: {tokens_seen:,}\n"
-                f"- final validation loss ({cfg.data_name}, {cfg.val_mask_rate:.0%} masked): "
-                f"{result['final_val_loss']}\n\nLoad with `checkpoint.load_model(path)` from plm-speedrun.\n")
-        push_to_hub(Path(checkpoints[-1]), cfg.hub_repo_id, secrets["HF_TOKEN"], card, record)
+        push_to_hub(Path(checkpoints[-1]), cfg.hub_repo_id, secrets["HF_TOKEN"], summary_path, record)
     if distributed:
         dist.barrier(group=host_group)
         dist.destroy_process_group()

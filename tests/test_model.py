@@ -13,13 +13,7 @@ import model as M
 from model import PLM, DocumentMask, ModelConfig, attend, esm2_config
 from vocab import CLS, EOS, MASK, TOKEN_TO_ID, VOCAB_SIZE
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread is faster, and immune to the spinning of OpenMP threads on a busy 2-core box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 TINY = dict(hidden_size=32, num_attention_heads=2, num_hidden_layers=4, value_embeddings=1)

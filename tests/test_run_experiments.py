@@ -45,3 +45,16 @@ def test_run_experiments_refuses_a_missing_folder(tmp_path):
     proc = subprocess.run(["bash", "run_experiments.sh", str(tmp_path / "nope")], cwd=ROOT, capture_output=True,
                           text=True, timeout=60)
     assert proc.returncode == 2 and "no such directory" in proc.stderr
+
+
+def test_every_kept_yaml_is_a_valid_config():
+    """Every YAML in example_yamls/ and experiments/ (any depth) passes train.py's strict, typed parser, so a
+    typo in a kept config fails here rather than minutes into someone's run."""
+    import train
+
+    paths = sorted((ROOT / "example_yamls").glob("*.yaml")) + sorted((ROOT / "experiments").rglob("*.yaml"))
+    assert len(paths) >= 8
+    for path in paths:
+        cfg, given = train.parse_config(["--yaml_path", str(path)])
+        assert given, path
+        train.check_config(cfg)

@@ -231,7 +231,7 @@ def test_run_record(tiny_data, tmp_path):
     assert re.search(r"git commit: ([0-9a-f]{40}|unknown)", text) and "world size: 1" in text
     assert len(re.findall(r"^step:\s+\d+/4 loss:\d+\.\d{4} lr:\S+ mask_rate:0\.300 tokens/s:\S+ mfu:n/a "
                           r"train_time:\S+s tokens:\d+ eta:\d+s$", text, re.M)) == 4
-    assert len(re.findall(r"^step:\s+\d+/4 val_loss:\d+\.\d{4} val_ppl:\S+ val_acc:\S+ train_time:\S+s", text,
+    assert len(re.findall(r"^step:\s+\d+/4 val_loss:\d+\.\d{4} val_ppl:\S+ val_acc:\S+ gain:[+-]\d+\.\d{4} train_time:\S+s", text,
                           re.M)) == 3
     assert (tmp_path / "logs" / "rec.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -345,6 +345,14 @@ def test_stop_at_target_and_time_budget(tiny_data, tmp_path):
     # The schedule follows the clock: linear decay over the 3 s, so every later step has a lower LR.
     lrs = [e["lr"] for e in timed["train"]]
     assert lrs[0] == pytest.approx(0.05, rel=1e-3) and all(b < a for a, b in zip(lrs, lrs[1:]))
+    # A budget the run never reaches: num_steps ends it, so the schedule follows the steps and still cools down
+    # (it used to follow only the clock and stop at the peak LR).
+    steps = train.main(tiny_args(tiny_data, tmp_path, "steps_first", num_steps=6, eval_every=0,
+                                 max_train_time_hours=1.0, scheduler_type="linear", lr_floor=0.0))
+    plain = train.main(tiny_args(tiny_data, tmp_path, "no_budget", num_steps=6, eval_every=0,
+                                 scheduler_type="linear", lr_floor=0.0))
+    assert [e["lr"] for e in steps["train"]] == pytest.approx([e["lr"] for e in plain["train"]])
+    assert steps["train"][-1]["lr"] < 0.05 * 0.2
 
 
 def test_validation_masks_do_not_depend_on_the_run_seed(tiny_data, tmp_path, monkeypatch):
@@ -399,7 +407,8 @@ def test_secrets_never_written_and_failed_push_is_not_fatal(tiny_data, tmp_path,
             raise RuntimeError(f"401 Unauthorized for token {self.token}")
 
     monkeypatch.setitem(sys.modules, "wandb", _fake_module("wandb", init=wandb_init))
-    monkeypatch.setitem(sys.modules, "huggingface_hub", _fake_module("huggingface_hub", HfApi=FailingApi))
+    import huggingface_hub  # the stand-in replaces HfApi only: the export also uses transformers, which needs the rest
+    monkeypatch.setattr(huggingface_hub, "HfApi", FailingApi)
     summary = train.main(tiny_args(tiny_data, tmp_path, "secret", wandb="true", push_to_hub="true",
                                    hub_repo_id="someone/tiny", save_every=2))
     assert summary["status"] == "ok"
@@ -415,6 +424,8 @@ def test_secrets_never_written_and_failed_push_is_not_fatal(tiny_data, tmp_path,
 
 
 def test_hub_push_and_offline_wandb(tiny_data, tmp_path, monkeypatch):
+    """The push uploads export.py's folder (loads with transformers; tests/test_export.py proves parity), its model
+    card read from the run's JSON summary."""
     monkeypatch.setenv("HF_TOKEN", TOKENS["HF_TOKEN"])
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     pushed, modes = {}, []
@@ -429,19 +440,23 @@ def test_hub_push_and_offline_wandb(tiny_data, tmp_path, monkeypatch):
         def upload_folder(self, folder_path, repo_id, commit_message):
             pushed["files"] = sorted(p.name for p in Path(folder_path).iterdir())
             pushed["card"] = (Path(folder_path) / "README.md").read_text()
+            pushed["config"] = json.loads((Path(folder_path) / "config.json").read_text())
 
     def wandb_init(**kwargs):
         modes.append(kwargs["mode"])
         raise ConnectionError("no network")
 
-    monkeypatch.setitem(sys.modules, "huggingface_hub", _fake_module("huggingface_hub", HfApi=Api))
+    import huggingface_hub
+    monkeypatch.setattr(huggingface_hub, "HfApi", Api)
     monkeypatch.setitem(sys.modules, "wandb", _fake_module("wandb", init=wandb_init))
     summary = train.main(tiny_args(tiny_data, tmp_path, "push", num_steps=2, wandb="true", push_to_hub="true",
                                    hub_repo_id="someone/tiny"))
     assert summary["status"] == "ok" and modes == ["offline"]
     assert pushed["token_given"] and pushed["repo"] == "someone/tiny"
-    assert pushed["files"] == ["README.md", "model.safetensors", "model_config.json"]
-    assert "parameters" in pushed["card"]
+    assert {"README.md", "config.json", "model.safetensors", "modeling_plm_speedrun.py", "model.py", "vocab.py",
+            "vocab.txt", "tokenizer_config.json", "training_config.yaml", "training_run.json"} == set(pushed["files"])
+    assert pushed["config"]["auto_map"]["AutoModelForMaskedLM"] == "modeling_plm_speedrun.PLMSpeedrunForMaskedLM"
+    assert f"**{summary['final_val_loss']:.4f} nats**" in pushed["card"] and "trust_remote_code=True" in pushed["card"]
     text = (tmp_path / "logs" / "push.txt").read_text()
     assert "wandb: init failed (ConnectionError: no network); continuing without wandb" in text
     assert "hub: pushed" in text
