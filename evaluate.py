@@ -868,7 +868,7 @@ def cmd_mlm(args) -> dict:
     result = mlm_metrics(model, sequences, mask_rate=args.mask_rate, seed=args.seed, max_length=args.max_length,
                          batch_tokens=args.batch_tokens, progress=True)
     print(format_mlm(result, source))
-    controls_result = mlm_controls(args)
+    controls_result = mlm_controls(args, sequences)
     if controls_result is not None:
         print(controls_result.pop("text"))
         print(f"gain below the best control ({controls_result['best_name']}): "
@@ -878,8 +878,9 @@ def cmd_mlm(args) -> dict:
             "gain": controls_result["best"] - result["loss"] if controls_result else None}
 
 
-def mlm_controls(args) -> dict | None:
-    """The no-learning controls (controls.py) on exactly the positions `mlm_metrics` scored, fit on train shards."""
+def mlm_controls(args, sequences) -> dict | None:
+    """The no-learning controls (controls.py) on exactly the positions `mlm_metrics` scored in `sequences` (the
+    same list it was given), fit on train shards."""
     import controls
 
     data_dir = args.controls_data_dir or args.data_dir
@@ -890,8 +891,6 @@ def mlm_controls(args) -> dict | None:
                  "--controls_data_name)")
         return None
     model = controls.fit_controls(shards.find_shards(data_dir, name, "train"), args.mask_rate)
-    sequences = sequences_from_fasta(args.fasta) if args.fasta else \
-        sequences_from_shards(args.data_dir, args.data_name, args.split)
     tokens, _ = prepare_mlm_sequences(sequences, args.max_length)
     losses = controls.summarise(model.score(controls.masked_sequences(tokens, args.mask_rate, args.seed)))
     return losses | {"text": controls.describe(losses, model)}
