@@ -219,9 +219,9 @@ def describe(losses: dict, model: ControlModel | None = None) -> str:
 
 
 def masked_sequences(token_arrays, mask_rate: float, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """`<cls> … <eos>` token arrays -> (input_ids, labels) under `dataloader.fixed_mask`, as evaluate.py scores
+    """`<cls> … <eos>` token arrays -> (input_ids, labels) under `validation.fixed_mask`, as evaluate.py scores
     them (every masked position becomes <mask>)."""
-    from dataloader import fixed_mask
+    from validation import fixed_mask
 
     out = []
     for tokens in token_arrays:

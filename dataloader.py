@@ -32,7 +32,7 @@ independent and a rerun repeats exactly. Masks are seeded by (seed, global row g
 (step, rank, micro-step), this is how "random streams from (seed, step, rank, micro-step)" is met, while keeping
 the global batch independent of how it is split.
 
-Validation (`load_validation_batches`) is a fixed set of rows with `fixed_mask` masks, shared with evaluate.py.
+Validation rows (fixed masks, the same packing) are built in validation.py from the stages here.
 """
 import bisect
 import dataclasses
@@ -55,25 +55,6 @@ _SHARD_ORDER, _SEQUENCE_ORDER, _CROP_WINDOW, _ROW_MASK = 1, 2, 3, 4
 DIFFUSION_MIN_T = 1e-3
 _DRAW_LEVELS = 1 << 16  # masking draws are uint16: rates resolve to 1/65536
 IGNORE = -100  # label of a position that is not scored (torch cross_entropy's ignore_index)
-
-
-def fixed_mask(tokens: np.ndarray, rate: float, seed: int) -> np.ndarray:
-    """The evaluation mask of one sequence: a pure function of (seed, the sequence's tokens, rate).
-
-    Exactly max(1, round(rate · n)) of the n maskable positions (everything but <cls>, <eos>, <pad>) are chosen,
-    without replacement, by a generator seeded from the seed and a hash of the tokens. So every model, every
-    batch size and every number of ranks scores the same positions. Returns a bool array shaped like `tokens`.
-    """
-    tokens = np.asarray(tokens, dtype=np.uint8)
-    maskable = np.flatnonzero((tokens != CLS) & (tokens != EOS) & (tokens != PAD))
-    out = np.zeros(tokens.shape, dtype=bool)
-    if maskable.size == 0:
-        return out
-    digest = hashlib.sha256(tokens.tobytes()).digest()
-    rng = np.random.default_rng([seed, int.from_bytes(digest[:8], "little")])
-    n_mask = max(1, int(round(rate * maskable.size)))
-    out[rng.choice(maskable, size=n_mask, replace=False)] = True
-    return out
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -428,76 +409,6 @@ class MicroBatchStream(IterableDataset):
         for k in itertools.count(self.start_k + worker, n_workers):
             batch, counts = make_micro_batch(plan, layout, k)
             yield k, batch, counts
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Validation: a fixed set of rows with fixed masks
-# ---------------------------------------------------------------------------------------------------------------
-
-class ValidationBatches(list):
-    """This rank's validation micro-batches (a list of batch dicts) with `.stats` describing the whole split."""
-
-    def __init__(self, batches: list[dict], stats: dict):
-        super().__init__(batches)
-        self.stats = stats
-
-
-def load_validation_batches(data_dir, data_name: str, split: str, *, row_length: int, max_length: int,
-                            mask_rate: float = 0.15, seed: int = 0, world_size: int = 1, rank: int = 0,
-                            rows_per_batch: int = 1) -> ValidationBatches:
-    """Every sequence of `{data_dir}/{data_name}_{split}_*.bin`, in file order, packed into fixed rows and masked.
-
-    A sequence longer than max_length keeps its first max_length tokens (counted in stats['cropped']). Masks are
-    `fixed_mask(sequence tokens, mask_rate, seed)` with <mask> replacement only (the ESM2 evaluation protocol),
-    so they are the same at every evaluation, for every batch split. Row i goes to rank i % world_size; each rank
-    gets the same number of batches of rows_per_batch rows, topped up with all-<pad> rows (no label), so
-    shapes are fixed and the masked-token count summed over ranks is the same for any world size.
-    stats: sequences, cropped, rows, real_tokens, masked_tokens (whole split), rank_rows, rank_masked_tokens.
-    """
-    if max_length > row_length or min(max_length, rows_per_batch, world_size) < 1:
-        raise ValueError(f"need 1 <= max_length={max_length} <= row_length={row_length}, rows_per_batch >= 1, "
-                         "world_size >= 1")
-    if not 0 <= rank < world_size:
-        raise ValueError(f"rank={rank} is not in [0, world_size={world_size})")
-    paths = find_shards(data_dir, data_name, split)
-    check_shards(paths)
-    bodies = [read_shard(path, mmap=False) for path in paths]
-    parts = []
-    for shard, (path, body) in enumerate(zip(paths, bodies)):
-        starts, lengths = scan_sequences(body, path)
-        unplaced = np.full(starts.size, -1, dtype=np.int64)
-        parts.append(Pieces(shard=np.full(starts.size, shard, dtype=np.int64), start=starts,
-                            length=np.minimum(lengths, max_length), cropped=lengths > max_length,
-                            epoch=np.zeros(starts.size, dtype=np.int64), row=unplaced, offset=unplaced.copy()))
-    pieces = Pieces.concatenate(parts)
-    pieces.row, pieces.offset, _ = pack_greedy(pieces.length, 0, row_length)
-    n_rows = int(pieces.row[-1]) + 1
-    tokens, seq_ids = fill_rows(pieces, 0, n_rows, row_length, bodies.__getitem__)
-    input_ids = tokens.astype(np.int64)
-    labels = np.full(tokens.shape, IGNORE, dtype=np.int64)
-    for r, offset, length in zip(pieces.row.tolist(), pieces.offset.tolist(), pieces.length.tolist()):
-        span = slice(offset, offset + length)
-        mask = fixed_mask(tokens[r, span], mask_rate, seed)
-        labels[r, span][mask] = input_ids[r, span][mask]
-        input_ids[r, span][mask] = MASK
-
-    mine = np.arange(rank, n_rows, world_size)
-    per_rank = -(-n_rows // world_size)
-    n_batches = -(-per_rank // rows_per_batch)
-    padded = n_batches * rows_per_batch
-
-    def rank_rows(array: np.ndarray, fill_value: int) -> np.ndarray:
-        out = np.full((padded, row_length), fill_value, dtype=array.dtype)
-        out[:mine.size] = array[mine]
-        return out.reshape(n_batches, rows_per_batch, row_length)
-
-    rank_input, rank_labels, rank_seq = rank_rows(input_ids, PAD), rank_rows(labels, IGNORE), rank_rows(seq_ids, -1)
-    batches = [{"input_ids": torch.from_numpy(rank_input[b]), "labels": torch.from_numpy(rank_labels[b]),
-                "seq_ids": torch.from_numpy(rank_seq[b])} for b in range(n_batches)]
-    stats = {"sequences": len(pieces), "cropped": int(pieces.cropped.sum()), "rows": n_rows,
-             "real_tokens": int(pieces.length.sum()), "masked_tokens": int(np.count_nonzero(labels != IGNORE)),
-             "rank_rows": int(mine.size), "rank_masked_tokens": int(np.count_nonzero(rank_labels != IGNORE))}
-    return ValidationBatches(batches, stats)
 
 
 def to_device(batch: dict, device) -> dict:

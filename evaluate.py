@@ -5,7 +5,7 @@
     python evaluate.py zeroshot --checkpoint CKPT --dms_dir ../shared/data/proteingym_dev    (zeroshot.py)
 
 Protocols (docs/EVALUATE.md has the full text, the reference numbers and the caveats):
-- MLM: each sequence is cropped to its first `max_length` tokens, then `dataloader.fixed_mask` picks the masked
+- MLM: each sequence is cropped to its first `max_length` tokens, then `validation.fixed_mask` picks the masked
   positions (a pure function of seed, sequence and rate, so every model sees the same masks) and all of them
   become <mask>. Loss is the token-weighted mean cross-entropy over every masked token of the set; accuracy,
   weighted precision / recall / F1 and MCC come from one confusion matrix over the masked tokens.
@@ -40,7 +40,7 @@ from tqdm import tqdm
 
 import shards
 import vocab
-from dataloader import fixed_mask
+from validation import fixed_mask
 from zeroshot import MutationError
 
 log = logging.getLogger("evaluate")
@@ -195,7 +195,7 @@ def mlm_metrics(model, sequences, *, mask_rate: float = 0.15, seed: int = 0, max
                 batch_tokens: int = 16384, device=None, progress: bool = False) -> dict:
     """Masked-token metrics of `model` on `sequences` (list of amino-acid strings or of token arrays with specials).
 
-    Every sequence is cropped to `max_length` tokens, masked with `dataloader.fixed_mask(tokens, mask_rate, seed)`
+    Every sequence is cropped to `max_length` tokens, masked with `validation.fixed_mask(tokens, mask_rate, seed)`
     (all masked positions become <mask>), and scored in packed batches of one shape, about `batch_tokens` tokens
     each (`_packed_mlm_batches`), under bf16 autocast on CUDA as in training, in fp32 elsewhere. Returns floats
     `loss` (nats per masked token, the mean over all masked tokens of the set), `perplexity` = exp(loss),

@@ -34,7 +34,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 import yaml
 from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -43,13 +42,14 @@ import controls
 import dataloader
 import optim
 import provenance
+import validation
 from model import PLM, ModelConfig
 from shards import ShardError, find_shards
 from vocab import VOCAB_SIZE
 
 ROOT = Path(__file__).resolve().parent
 CORE_FILES = ("train.py", "model.py", "optim.py", "dataloader.py", "vocab.py", "shards.py", "checkpoint.py",
-              "controls.py", "provenance.py")
+              "controls.py", "provenance.py", "validation.py")
 SECRET_ENV = ("HF_TOKEN", "WANDB_API_KEY")
 # Keys people pass tokens with (the prior art's --token/--wandb_token): refused, with the variable to use instead.
 SECRET_KEYS = {"token": "HF_TOKEN", "hf_token": "HF_TOKEN", "hub_token": "HF_TOKEN", "huggingface_token": "HF_TOKEN",
@@ -536,28 +536,6 @@ def attended_length(batches: list[dict]) -> float:
     return float((lengths.astype(np.float64) ** 2).sum() / lengths.sum())
 
 
-@torch.no_grad()
-def evaluate(logits_fn, batches: list[dict], device: torch.device, autocast) -> dict:
-    """Loss per masked token, perplexity and accuracy over this rank's share of the fixed-mask batches, summed over
-    ranks (so any number of ranks gives the same numbers)."""
-    totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, masked count
-    for batch in batches:
-        batch = dataloader.to_device(batch, device)
-        with autocast:
-            logits = logits_fn(batch["input_ids"], batch["seq_ids"])  # (R, T, V)
-        scored = batch["labels"] != -100
-        logits, labels = logits[scored].float(), batch["labels"][scored]  # (N, V), (N,)
-        totals[0] += F.cross_entropy(logits, labels, reduction="sum").double()
-        totals[1] += (logits.argmax(-1) == labels).sum()
-        totals[2] += scored.sum()
-    if dist.is_initialized():
-        dist.all_reduce(totals)
-    loss_sum, correct, count = totals.tolist()
-    loss = loss_sum / max(count, 1)
-    return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "accuracy": correct / max(count, 1),
-            "masked_tokens": int(count)}
-
-
 def plot_losses(path: Path, train_log: list[dict], val_log: list[dict], target: float, run_id: str,
                 control_losses: dict | None = None) -> None:
     """Train and validation loss against the training clock, zoomed on the learning: the y-axis spans the
@@ -732,7 +710,7 @@ def main(argv: list[str]) -> dict:
 
     def load_eval_split(split: str) -> list[dict]:
         """The fixed-mask rows of a split, in batches shaped like a training micro-batch (this rank's share)."""
-        return dataloader.load_validation_batches(cfg.data_dir, cfg.data_name, split, row_length=cfg.row_length,
+        return validation.load_validation_batches(cfg.data_dir, cfg.data_name, split, row_length=cfg.row_length,
                                                   max_length=cfg.max_length, mask_rate=cfg.val_mask_rate,
                                                   seed=cfg.val_mask_seed, world_size=world_size, rank=rank,
                                                   rows_per_batch=rows_per_micro)
@@ -838,7 +816,7 @@ def main(argv: list[str]) -> dict:
             train_step(warm_step, *schedule(warm_step, warm_step / max(cfg.num_steps, 1)))
         model.eval()
         for batch in (val_batches[:1] + val_batches[-1:]):  # both batch shapes, so validation compiles here too
-            evaluate(logits_fn, [batch], device, autocast)
+            validation.mlm_metrics(logits_fn, [batch], device, autocast)
         model.train()
         raw_model.load_state_dict(initial["model"])
         for opt, state in zip(optimizers, initial["optimizers"]):
@@ -955,7 +933,7 @@ def main(argv: list[str]) -> dict:
             if (last and not signalled or due) and not (val_log and val_log[-1]["step"] == step):
                 clock.stop()
                 model.eval()
-                val = evaluate(logits_fn, val_batches, device, autocast)
+                val = validation.mlm_metrics(logits_fn, val_batches, device, autocast)
                 model.train()
                 gain = control_losses["best"] - val["loss"] if control_losses else None  # nats below the best control
                 val_log.append({"step": step, "tokens": tokens_seen, "train_time_s": clock.elapsed, **val,
@@ -1031,7 +1009,7 @@ def main(argv: list[str]) -> dict:
             if has_test:
                 test_batches = load_eval_split("test")
                 model.eval()
-                test_result = evaluate(logits_fn, test_batches, device, autocast)
+                test_result = validation.mlm_metrics(logits_fn, test_batches, device, autocast)
                 record.write(f"test: loss:{test_result['loss']:.4f} ppl:{test_result['perplexity']:.3f} "
                              f"acc:{test_result['accuracy']:.4f} masked tokens:{test_result['masked_tokens']}")
     except FloatingPointError as e:

@@ -5,7 +5,7 @@ Every recipe the benchmarks compare is scored by the same protocol, defined once
     validation set  the first `n_val` sequences of sp50_valid.fasta.gz, each `<cls> residues <eos>` with the
                     residues truncated to `max_length - 2` (the ESM benchmark's truncation), written as the
                     `valid` shard of the benchmark's data folder, so train.py's own validation reads them too;
-    masks           `dataloader.fixed_mask(tokens, VAL_MASK_RATE, seed)`: 15% of residues, `<mask>` only, the same
+    masks           `validation.fixed_mask(tokens, VAL_MASK_RATE, seed)`: 15% of residues, `<mask>` only, the same
                     positions for every model. train.py passes its run `seed` as the mask seed, so runs compared on
                     one curve share one seed (see the caveat on seeds in docs/RESULTS.md);
     metric          summed cross-entropy over the masked positions / number of masked positions.
@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import shards  # noqa: E402  (after the sys.path line: benchmarks run from any directory)
-from dataloader import fixed_mask  # noqa: E402
+from validation import fixed_mask  # noqa: E402
 from vocab import CLS, EOS, MASK, PAD, encode  # noqa: E402
 
 SHARED_DATA = ROOT.parent / "shared" / "data" / "swissprot2014_sp50"

@@ -79,7 +79,7 @@ def test_clock_excludes_validation_and_checkpoints(tmp_path, monkeypatch):
     """A second of sleep injected into every validation and every checkpoint must not reach train_time_s."""
     import train
 
-    evaluate, save = train.evaluate, train.checkpoint.save_checkpoint
+    evaluate, save = train.validation.mlm_metrics, train.checkpoint.save_checkpoint
 
     def slow_evaluate(*args, **kwargs):
         time.sleep(1.0)
@@ -89,7 +89,7 @@ def test_clock_excludes_validation_and_checkpoints(tmp_path, monkeypatch):
         time.sleep(1.0)
         return save(*args, **kwargs)
 
-    monkeypatch.setattr(train, "evaluate", slow_evaluate)
+    monkeypatch.setattr(train.validation, "mlm_metrics", slow_evaluate)
     monkeypatch.setattr(train.checkpoint, "save_checkpoint", slow_save)
     argv = ["--data_dir", str(ROOT / "data" / "demo"), "--data_name", "demo", "--log_dir", str(tmp_path),
             "--save_dir", str(tmp_path / "ckpt"), "--log_name", "clock", "--hidden_size", "32",

@@ -4,14 +4,13 @@ Each control is recomputed here in plain Python (dictionaries over strings, no s
 and compared position by position; the toy cases are small enough to check by hand.
 """
 import math
-import sys
 from collections import Counter
 
 import numpy as np
 import pytest
 
 import controls
-import dataloader
+import validation
 from shards import write_shard
 from vocab import CLS, EOS, MASK, TOKEN_TO_ID, encode_with_specials
 
@@ -152,7 +151,7 @@ def test_controls_score_exactly_the_validation_masks(tmp_path):
     rng = np.random.default_rng(3)
     valid = ["".join(rng.choice(list("ACDEFGHIKLMNPQRSTVWY"), size=rng.integers(5, 90))) for _ in range(30)]
     write_corpus(tmp_path, valid[:5] * 3, valid)
-    batches = dataloader.load_validation_batches(tmp_path, "toy", "valid", row_length=128, max_length=64,
+    batches = validation.load_validation_batches(tmp_path, "toy", "valid", row_length=128, max_length=64,
                                                  mask_rate=0.15, seed=5, rows_per_batch=3)
     pieces = controls.rows_to_sequences(batches)
     assert len(pieces) == 30
@@ -196,7 +195,7 @@ def test_train_logs_controls_and_gain(tmp_path):
             "2048", "--row_length", "512", "--max_length", "512", "--num_workers", "0", "--num_steps", "2",
             "--eval_every", "1", "--untimed_warmup_steps", "0", "--controls_max_train_tokens", "300000"]
     summary = train.main(argv)
-    batches = dataloader.load_validation_batches(f"{root}/data/demo", "demo", "valid", row_length=512,
+    batches = validation.load_validation_batches(f"{root}/data/demo", "demo", "valid", row_length=512,
                                                  max_length=512, mask_rate=0.15, seed=0, rows_per_batch=4)
     model = controls.fit_controls(find_shards(f"{root}/data/demo", "demo", "train"), 0.15, 300_000)
     expected = controls.summarise(model.score(controls.rows_to_sequences(batches)))

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import dataloader as dl
+import validation
 from shards import HEADER_BYTES, ShardError, write_shard
 from vocab import CLS, EOS, MASK, PAD, STANDARD_AA_IDS, encode_with_specials
 
@@ -400,7 +401,7 @@ def test_resume_checks_the_stream_identity(corpus):
 # ---------------------------------------------------------------------------------------------------------------
 
 def validation_rows(directory, world_size, rank, rows_per_batch=3):
-    return dl.load_validation_batches(directory, "toy", "valid", row_length=T, max_length=MAX_LEN,
+    return validation.load_validation_batches(directory, "toy", "valid", row_length=T, max_length=MAX_LEN,
                                       world_size=world_size, rank=rank, rows_per_batch=rows_per_batch)
 
 
@@ -419,7 +420,7 @@ def test_validation_uses_fixed_masks_and_every_sequence_in_file_order(corpus):
     for (piece, labels), sequence in zip(pieces, sequences):
         expected = sequence[:MAX_LEN]
         assert np.array_equal(piece, expected)
-        assert np.array_equal(labels != dl.IGNORE, dl.fixed_mask(expected, 0.15, 0))
+        assert np.array_equal(labels != dl.IGNORE, validation.fixed_mask(expected, 0.15, 0))
     assert batches.stats["cropped"] == sum(t.size > MAX_LEN for t in sequences)
     masked = sum(int((b["labels"] != dl.IGNORE).sum()) for b in batches)
     assert masked == batches.stats["masked_tokens"] == batches.stats["rank_masked_tokens"]
@@ -500,7 +501,7 @@ def test_missing_shards_name_the_glob(tmp_path):
     with pytest.raises(FileNotFoundError, match="nothing_train_\\*.bin"):
         make_loader(tmp_path, name="nothing")
     with pytest.raises(FileNotFoundError, match="nothing_valid_\\*.bin"):
-        dl.load_validation_batches(tmp_path, "nothing", "valid", row_length=T, max_length=MAX_LEN)
+        validation.load_validation_batches(tmp_path, "nothing", "valid", row_length=T, max_length=MAX_LEN)
 
 
 def test_inconsistent_sizes_are_rejected(corpus):

@@ -13,7 +13,7 @@ import checkpoint
 import evaluate
 import shards
 import vocab
-from dataloader import fixed_mask
+from validation import fixed_mask
 from model import PLM, ModelConfig
 
 TINY = dict(hidden_size=32, num_attention_heads=2, num_hidden_layers=2, value_embeddings=1)

@@ -357,13 +357,13 @@ def test_stop_at_target_and_time_budget(tiny_data, tmp_path):
 
 def test_validation_masks_do_not_depend_on_the_run_seed(tiny_data, tmp_path, monkeypatch):
     """Runs with different seeds are scored on the same masked positions (val_mask_seed), so they compare."""
-    load, seeds = train.dataloader.load_validation_batches, []
+    load, seeds = train.validation.load_validation_batches, []
 
     def spy(*args, **kwargs):
         seeds.append((args[2], kwargs["seed"]))
         return load(*args, **kwargs)
 
-    monkeypatch.setattr(train.dataloader, "load_validation_batches", spy)
+    monkeypatch.setattr(train.validation, "load_validation_batches", spy)
     a = train.main(tiny_args(tiny_data, tmp_path, "seed1", num_steps=0, seed=1))
     b = train.main(tiny_args(tiny_data, tmp_path, "seed2", num_steps=0, seed=2, val_mask_seed=7))
     assert seeds == [("valid", 0), ("test", 0), ("valid", 7), ("test", 7)]
