@@ -11,9 +11,11 @@ replaces or corrupts the last good checkpoint.
 import dataclasses
 import json
 import os
+import random
 import shutil
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -39,13 +41,10 @@ def load_model(path, device="cpu") -> PLM:
     path = Path(path)
     if not (path / CONFIG_FILE).is_file() or not (path / MODEL_FILE).is_file():
         raise FileNotFoundError(f"{path} is not a checkpoint: it needs {CONFIG_FILE} and {MODEL_FILE}")
-    raw = json.loads((path / CONFIG_FILE).read_text())
-    known = {f.name for f in dataclasses.fields(ModelConfig)}
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        raise ValueError(f"{path / CONFIG_FILE}: keys {unknown} are not ModelConfig fields "
-                         "(checkpoint from an incompatible version?)")
-    model = PLM(ModelConfig(**raw))
+    try:  # from_dict also reads the configs of earlier versions, where their numbers are unchanged
+        model = PLM(ModelConfig.from_dict(json.loads((path / CONFIG_FILE).read_text())))
+    except ValueError as e:
+        raise ValueError(f"{path / CONFIG_FILE}: {e}") from None
     state = load_file(str(path / MODEL_FILE))
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
@@ -98,3 +97,19 @@ def load_train_state(path) -> dict:
         raise FileNotFoundError(f"{path} has no {STATE_FILE}: not a resumable checkpoint (a model-only directory "
                                 "loads with checkpoint.load_model)")
     return torch.load(path / STATE_FILE, map_location="cpu", weights_only=False)
+
+
+def rng_state() -> dict:
+    """Python, numpy, torch (and CUDA) generator states: part of a checkpoint's train state."""
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from validation import mask_sequence
 from vocab import CLS, EOS, MASK, PAD, VOCAB_SIZE
 
 V = VOCAB_SIZE          # centre symbols: the model's output space
@@ -202,7 +203,7 @@ def fit_controls(train_paths, mask_rate: float, max_train_tokens: int = 100_000_
         counted += stop - skip
     model = ControlModel(counts=with_wildcards(counts), train_tokens=counted)
     if held_out:  # a split too small to hold any out keeps the default constants (fit_masked_tokens stays 0)
-        model.fit(*flatten(masked_sequences(held_out, mask_rate, FIT_MASK_SEED)))
+        model.fit(*flatten([mask_sequence(tokens, mask_rate, FIT_MASK_SEED) for tokens in held_out]))
     return model
 
 
@@ -216,21 +217,6 @@ def describe(losses: dict, model: ControlModel | None = None) -> str:
                  f"β1={model.beta1:g}, β2={model.beta2:g} chosen on {model.fit_masked_tokens:,} held-out train "
                  f"positions]")
     return text
-
-
-def masked_sequences(token_arrays, mask_rate: float, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """`<cls> … <eos>` token arrays -> (input_ids, labels) under `validation.fixed_mask`, as evaluate.py scores
-    them (every masked position becomes <mask>)."""
-    from validation import fixed_mask
-
-    out = []
-    for tokens in token_arrays:
-        tokens = np.asarray(tokens)
-        mask = fixed_mask(tokens, mask_rate, seed)
-        ids, labels = tokens.astype(np.int64), np.full(tokens.size, IGNORE, dtype=np.int64)
-        labels[mask] = ids[mask]
-        out.append((np.where(mask, MASK, ids), labels))
-    return out
 
 
 def residue_frequencies(train_paths, max_tokens: int = 100_000_000) -> np.ndarray:

@@ -19,7 +19,7 @@
     micro-batch {input_ids, labels, seq_ids} ──DataLoader workers──▶ pinned prefetch queue ──to_device──▶ GPU
 
 The training stream is a sequence of rows g = 0, 1, 2, … that is a pure function of (seed, g) given the shards,
-`row_length`, `max_length`, `batch_size` (the step of a row sets its mask rate) and the masking options. Step s
+`row_length`, `max_length` and the masking options. Step s
 owns rows [s·R_step, (s+1)·R_step) with R_step = batch_size // row_length; micro-batch (rank, micro_step) of step
 s owns the R = R_step // (world_size · grad_accum) rows starting at (s·world_size·grad_accum + micro_step·world_size
 + rank)·R. So the union a step sees, masks included, is the same for 1 × 8, 2 × 4 or 8 × 1 processes × micro-steps,
@@ -269,37 +269,64 @@ def fill_rows(pieces: Pieces, first_row: int, n_rows: int, row_length: int,
 
 @dataclass(frozen=True)
 class MaskingConfig:
-    """How training rows are masked. Only residues are ever selected (never <cls>, <eos>, <pad>)."""
-    mask_rate: float = 0.2                # fraction of residues selected for the loss (after any warmup)
-    mask_rate_start: float | None = None  # rate at step 0 of a linear warmup to mask_rate; None = no warmup
-    mask_rate_warmup_steps: int = 0       # optimizer steps of that warmup
+    """How training rows are masked (built by `DataConfig.masking`). Only residues are ever selected."""
+    mask_rate: float = 0.2                # fraction of residues selected for the loss
     bert_corruption: bool = False         # selected residues: 80% <mask>, 10% random standard AA, 10% unchanged
-    masked_diffusion: bool = False        # each sequence gets its own rate t · mask_rate_at(step), t ~ U(1e-3, 1)
+    masked_diffusion: bool = False        # each sequence gets its own rate t · mask_rate, t ~ U(1e-3, 1)
 
     def __post_init__(self):
-        for name in ("mask_rate", "mask_rate_start"):
-            value = getattr(self, name)
-            if value is not None and not 0.0 < value <= 1.0:
-                raise ValueError(f"MaskingConfig.{name} must be in (0, 1], got {value}")
-        if (self.mask_rate_start is None) != (self.mask_rate_warmup_steps == 0):
-            raise ValueError("MaskingConfig: set mask_rate_start and mask_rate_warmup_steps > 0 together "
-                             f"(got {self.mask_rate_start}, {self.mask_rate_warmup_steps})")
-        if self.mask_rate_warmup_steps < 0:
-            raise ValueError(f"MaskingConfig.mask_rate_warmup_steps must be >= 0, got {self.mask_rate_warmup_steps}")
+        if not 0.0 < self.mask_rate <= 1.0:
+            raise ValueError(f"mask_rate: must be in (0, 1], got {self.mask_rate}")
         if self.bert_corruption and self.masked_diffusion:
-            raise ValueError("MaskingConfig: bert_corruption and masked_diffusion exclude each other (masked "
-                             "diffusion needs <mask> as its only corruption)")
+            raise ValueError("bert_corruption: masked diffusion (mlm: false) uses <mask> as its only corruption")
 
-    def mask_rate_at(self, step: int) -> float:
-        """The mask rate of optimizer step `step`: linear from mask_rate_start to mask_rate, then constant.
 
-        A pure function of the step, evaluated inside the worker from each row's own step, so it cannot go stale
-        (the fault of the prior art, notes §8.1). With masked_diffusion this is the ceiling of the per-sequence
-        rates, whose mean is (1 + 1e-3) / 2 of it.
-        """
-        if self.mask_rate_start is None or step >= self.mask_rate_warmup_steps:
-            return self.mask_rate
-        return self.mask_rate_start + (self.mask_rate - self.mask_rate_start) * step / self.mask_rate_warmup_steps
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the shards are, how rows are packed and batched, and how they are masked (training and validation)."""
+    data_dir: str = "data/demo"            # directory holding {data_name}_{train,valid,test}_NNNNNN.bin shards
+    data_name: str = "demo"                # shard name prefix
+    batch_size: int = 524288               # tokens per optimiser step, all ranks and micro-steps together
+    grad_accum: int = 1                    # micro-steps per optimiser step (per rank)
+    row_length: int = 16384                # tokens per packed row (a micro-batch is R rows of this length)
+    max_length: int = 1024                 # tokens per sequence; a longer one is cropped to a random window
+    num_workers: int = 4                   # loader worker processes per rank (0 = in the training process)
+    prefetch_factor: int = 2               # micro-batches each worker prepares ahead
+    mlm: bool = True                       # true: masked LM at mask_rate; false: masked diffusion (rate drawn per row)
+    mask_rate: float = 0.2                 # fraction of residues masked in training
+    bert_corruption: bool = False          # BERT/ESM2 80/10/10 (<mask>/random residue/unchanged) instead of all <mask>
+    val_mask_rate: float = 0.15            # fraction of residues masked in the fixed validation and test masks
+    val_mask_seed: int = 0                 # seed of those masks: fixed, so every run scores the same positions
+
+    def __post_init__(self):
+        for key in ("batch_size", "grad_accum", "row_length", "max_length"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key}: must be >= 1, got {getattr(self, key)}")
+        if self.num_workers < 0:
+            raise ValueError(f"num_workers: must be >= 0, got {self.num_workers}")
+        if self.num_workers > 0 and self.prefetch_factor < 1:
+            raise ValueError(f"prefetch_factor: must be >= 1 with workers, got {self.prefetch_factor}")
+        if self.batch_size % self.row_length:
+            raise ValueError(f"batch_size: {self.batch_size} tokens is not a whole number of rows of row_length "
+                             f"{self.row_length}")
+        if self.max_length > self.row_length:
+            raise ValueError(f"max_length: {self.max_length} exceeds row_length {self.row_length} (a sequence must "
+                             "fit a row)")
+        if not 0 < self.val_mask_rate <= 1:
+            raise ValueError(f"val_mask_rate: must be in (0, 1], got {self.val_mask_rate}")
+        self.masking  # noqa: B018 - checks the masking rules (mask_rate, bert_corruption with mlm: false) now
+
+    @property
+    def masking(self) -> MaskingConfig:
+        return MaskingConfig(self.mask_rate, self.bert_corruption, masked_diffusion=not self.mlm)
+
+    def rows_per_micro(self, world_size: int) -> int:
+        """Rows of row_length tokens in one rank's micro-batch; raises if the step does not split evenly."""
+        rows_per_step = self.batch_size // self.row_length
+        if rows_per_step % (world_size * self.grad_accum):
+            raise ValueError(f"batch_size: {self.batch_size} tokens = {rows_per_step} rows of {self.row_length} do "
+                             f"not split evenly over world size {world_size} × grad_accum {self.grad_accum}")
+        return rows_per_step // (world_size * self.grad_accum)
 
 
 def mask_row(tokens: np.ndarray, seq_ids: np.ndarray, rate: float, masking: MaskingConfig,
@@ -361,7 +388,6 @@ class StreamLayout:
     seed: int
     row_length: int        # T, tokens per row
     max_length: int        # longest piece, tokens
-    rows_per_step: int     # R_step = batch_size // row_length
     rows_per_micro: int    # R = R_step // (world_size * grad_accum)
     world_size: int
     grad_accum: int
@@ -380,12 +406,12 @@ def make_micro_batch(plan: PackingPlan, layout: StreamLayout, k: int) -> tuple[d
     first_row, n_rows = layout.first_row(k), layout.rows_per_micro
     pieces = plan.pieces(first_row, n_rows)
     tokens, seq_ids = fill_rows(pieces, first_row, n_rows, layout.row_length, plan.shard_tokens)
-    rate = layout.masking.mask_rate_at(first_row // layout.rows_per_step)
+    rate = layout.masking.mask_rate
     input_ids, labels = mask_rows(tokens, seq_ids, first_row, layout.seed, rate, layout.masking)
     real_tokens = int(pieces.length.sum())
     counts = {"sequences": len(pieces), "cropped": int(pieces.cropped.sum()), "real_tokens": real_tokens,
               "padding_tokens": tokens.size - real_tokens, "masked_tokens": int(np.count_nonzero(labels != IGNORE)),
-              "epoch": int(pieces.epoch.max()), "mask_rate": rate}
+              "epoch": int(pieces.epoch.max())}
     batch = {"input_ids": torch.from_numpy(input_ids), "labels": torch.from_numpy(labels),
              "seq_ids": torch.from_numpy(seq_ids)}
     return batch, counts
@@ -425,48 +451,39 @@ def _data_fingerprint(paths, counts) -> str:
 class TrainLoader:
     """The training stream of one rank. Iterating yields (step, micro_step, batch), grad_accum per step, forever.
 
-    Built from the shards `{data_dir}/{data_name}_train_*.bin`, all checked here, before training.
-    batch_size is global tokens per optimizer step; each batch holds R = batch_size // (world_size · grad_accum ·
-    row_length) rows of row_length tokens. Workers (num_workers > 0) read, pack and mask; pin_memory (needs CUDA)
-    pins the batches for `to_device`. prefetch_factor is the micro-batches queued per worker.
+    Built from the shards `{data_dir}/{data_name}_train_*.bin`, all checked here, before training. Each batch holds
+    `config.rows_per_micro(world_size)` rows of row_length tokens. Workers (num_workers > 0) read, pack and mask;
+    pin_memory (needs CUDA) pins the batches for `to_device`.
     """
 
-    def __init__(self, data_dir, data_name: str, *, batch_size: int, row_length: int, max_length: int,
-                 grad_accum: int, world_size: int, rank: int, seed: int, masking: MaskingConfig,
-                 num_workers: int = 0, prefetch_factor: int = 2, pin_memory: bool = False, start_step: int = 0):
-        per_micro = world_size * grad_accum * row_length
-        if min(batch_size, row_length, max_length, grad_accum, world_size) < 1:
-            raise ValueError("batch_size, row_length, max_length, grad_accum and world_size must be >= 1")
-        if batch_size % per_micro:
-            raise ValueError(f"batch_size={batch_size} tokens is not a multiple of world_size·grad_accum·row_length"
-                             f" = {world_size}·{grad_accum}·{row_length} = {per_micro}")
-        if max_length > row_length:
-            raise ValueError(f"max_length={max_length} exceeds row_length={row_length}: a cropped sequence must fit "
-                             "one row")
+    def __init__(self, config: DataConfig, *, seed: int, world_size: int = 1, rank: int = 0,
+                 pin_memory: bool = False, start_step: int = 0):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank={rank} is not in [0, world_size={world_size})")
-        if num_workers < 0 or prefetch_factor < 1 or start_step < 0:
-            raise ValueError("num_workers and start_step must be >= 0, prefetch_factor >= 1")
+        if start_step < 0:
+            raise ValueError(f"start_step must be >= 0, got {start_step}")
         if pin_memory and not torch.cuda.is_available():
             raise ValueError("pin_memory=True needs CUDA; pass pin_memory=False on a CPU-only machine")
-        paths = find_shards(data_dir, data_name, "train")
+        paths = find_shards(config.data_dir, config.data_name, "train")
         counts = check_shards(paths)
-        self.layout = StreamLayout(paths=tuple(paths), seed=seed, row_length=row_length, max_length=max_length,
-                                   rows_per_step=batch_size // row_length, rows_per_micro=batch_size // per_micro,
-                                   world_size=world_size, grad_accum=grad_accum, rank=rank, masking=masking)
-        self.masking = masking
-        self.batch_size, self.grad_accum = batch_size, grad_accum
-        self.num_workers, self.prefetch_factor, self.pin_memory = num_workers, prefetch_factor, pin_memory
+        self.layout = StreamLayout(paths=tuple(paths), seed=seed, row_length=config.row_length,
+                                   max_length=config.max_length,
+                                   rows_per_micro=config.rows_per_micro(world_size), world_size=world_size,
+                                   grad_accum=config.grad_accum, rank=rank, masking=config.masking)
+        self.masking = config.masking
+        self.batch_size, self.grad_accum = config.batch_size, config.grad_accum
+        self.num_workers, self.prefetch_factor = config.num_workers, config.prefetch_factor
+        self.pin_memory = pin_memory
         self.shard_tokens = sum(counts)
         self._fingerprint = _data_fingerprint(paths, counts)
-        self._next_k = start_step * grad_accum
+        self._next_k = start_step * config.grad_accum
         self._active = None
         self._stats = self._zero_stats()
 
     @staticmethod
     def _zero_stats() -> dict:
         return {"micro_batches": 0, "sequences": 0, "cropped": 0, "real_tokens": 0, "padding_tokens": 0,
-                "masked_tokens": 0, "epoch": 0, "mask_rate": float("nan")}
+                "masked_tokens": 0, "epoch": 0}
 
     def __iter__(self):
         self._close_active()
@@ -486,7 +503,7 @@ class TrainLoader:
             for key in ("sequences", "cropped", "real_tokens", "padding_tokens", "masked_tokens"):
                 self._stats[key] += counts[key]
             self._stats["micro_batches"] += 1
-            self._stats["epoch"], self._stats["mask_rate"] = counts["epoch"], counts["mask_rate"]
+            self._stats["epoch"] = counts["epoch"]
             self._next_k = k + 1
             yield divmod(k, self.grad_accum) + (batch,)
 
@@ -501,8 +518,7 @@ class TrainLoader:
         """Counts over the micro-batches this rank has received from this loader (not restored on resume).
 
         sequences / cropped: pieces delivered and how many were cropped windows; real_tokens / padding_tokens /
-        masked_tokens: token counts; epoch: the epoch of the latest piece; mask_rate: the rate the worker applied
-        to the latest micro-batch (equals masking.mask_rate_at(step)).
+        masked_tokens: token counts; epoch: the epoch of the latest piece.
         """
         return dict(self._stats)
 

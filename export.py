@@ -28,7 +28,8 @@ import yaml
 from safetensors.torch import save_file
 
 import checkpoint
-from model import PLM
+from config import without_removed
+from model import PLM, ROPE_BASE
 from shards import sha256_file
 from vocab import CLS, EOS, MASK, PAD, TOKENS, VOCAB_SIZE
 
@@ -73,9 +74,10 @@ def export_checkpoint(checkpoint_dir, output_dir, *, run_json=None, eval_jsons=(
             write_speedrun(model, tmp)
         write_tokenizer(tmp)
         if record is not None:
-            config = dict(record["config"], push_to_hub=False, hub_repo_id=None)
+            config = dict(without_removed(record["config"]), push_to_hub=False, hub_repo_id=None)
             (tmp / "training_config.yaml").write_text(
-                "# The resolved config of the run (train.py's JSON summary), push_to_hub switched off.\n"
+                "# The resolved config of the run (train.py's JSON summary), push_to_hub switched off; keys removed\n"
+                "# since the run, where they were no-ops, left out.\n"
                 + yaml.safe_dump(config, sort_keys=False))
         if run_json is not None:
             shutil.copy(run_json, tmp / "training_run.json")
@@ -186,16 +188,13 @@ def write_esm2(model: PLM, out: Path) -> None:
     from transformers import EsmConfig, EsmForMaskedLM
 
     c = model.config
-    if c.sliding_window:
-        raise ExportError(f"sliding_window={c.sliding_window}: EsmForMaskedLM attends to the whole sequence, "
-                          "so this model has no native ESM equivalent")
     if c.vocab_size != VOCAB_SIZE:
         raise ExportError(f"vocab_size={c.vocab_size}: the ESM tokenizer has {VOCAB_SIZE} tokens")
     config = EsmConfig(
         vocab_size=c.vocab_size, mask_token_id=MASK, pad_token_id=PAD, eos_token_id=EOS,
         hidden_size=c.hidden_size, num_hidden_layers=c.num_hidden_layers, num_attention_heads=c.num_attention_heads,
         intermediate_size=c.intermediate_size, hidden_act="gelu", hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0, max_position_embeddings=MAX_POSITIONS, rope_theta=c.rope_base,
+        attention_probs_dropout_prob=0.0, max_position_embeddings=MAX_POSITIONS, rope_theta=ROPE_BASE,
         layer_norm_eps=1e-5, position_embedding_type="rotary", emb_layer_norm_before=False,
         token_dropout=c.token_dropout, tie_word_embeddings=True, architectures=["EsmForMaskedLM"])
     hf = EsmForMaskedLM(config)
@@ -288,7 +287,7 @@ def read_evaluation(path: Path, checkpoint_dir: Path) -> dict:
         return {"kind": "probe", "path": path, **result}
     if result.get("assays") and all("spearman" in a for a in result["assays"]):
         return {"kind": "zeroshot", "path": path, **result}
-    raise ExportError(f"--eval_json {path}: neither an `evaluate.py probe` output (keys task, results) nor an "
+    raise ExportError(f"--eval_json {path}: neither a `probe.py` output (keys task, results) nor an "
                       f"`evaluate.py zeroshot` one (a list `assays` of entries with `spearman`); its keys: "
                       f"{sorted(result)}")
 
@@ -376,8 +375,6 @@ def model_card(model: PLM, checkpoint_dir: Path, record: dict | None, evaluation
             lines += ["Padded batches that contain `<mask>` need a transformers version with "
                       "huggingface/transformers#44163 (transformers 5): older ones, 4.57 included, scale ESM's token "
                       "dropout by the padded length instead of the sequence's.", ""]
-        if c.rope_base != 10000.0:
-            lines += [f"Rotary base {c.rope_base:g} is stored as `rope_theta`, which needs transformers >= 5.", ""]
 
     lines += ["## Training", ""]
     if record is None:
@@ -452,7 +449,7 @@ def evaluation_section(evaluation: dict) -> list[str]:
         split = f", split {evaluation['split']}" if evaluation.get("split") else ""
         results = evaluation["results"]
         lines = [f"## Probe: {evaluation['task']}{split}", "",
-                 f"Frozen embeddings, {results[0]['metric']} on test (plm-speedrun `evaluate.py probe`):", "",
+                 f"Frozen embeddings, {results[0]['metric']} on test (plm-speedrun `probe.py`):", "",
                  "| features | score (%) |", "|---|---|"]
         lines += [f"| {r['features']} | {_num(r.get('score') and 100 * r['score'], '.1f')} |" for r in results]
         published = evaluation.get("published_frozen_percent") or {}
@@ -493,7 +490,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--output_dir", required=True, help="folder to write (must be empty unless --overwrite)")
     parser.add_argument("--run_json", help="the run's JSON summary (default: found from the checkpoint's train_state)")
     parser.add_argument("--eval_json", action="append", default=[],
-                        help="an `evaluate.py probe|zeroshot --output` file to report in the model card (repeatable)")
+                        help="a `probe.py` or `evaluate.py zeroshot` --output file to report in the model card (repeatable)")
     parser.add_argument("--data_license", help="licence of the training data, when no SOURCE.md states it")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output_dir")
     parser.add_argument("--push_to_hub", metavar="REPO_ID", help="upload the folder to this Hub model repository "

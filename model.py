@@ -1,19 +1,20 @@
 """The protein masked-LM encoder and its loss: `ModelConfig` and `PLM`.
 
 Two architectures share one code path for embeddings, packed-row attention and the loss:
-- "speedrun": the GPT-2 speedrun stack carried over to a bidirectional encoder (modded-nanogpt records in
-  `../shared/notes/prior_art_modded_nanogpt.md`): parameter-free RMSNorm everywhere (#5, #8), QK-norm (#5),
-  rotary positions (#2), ReLU² MLP (#5), zero-initialised output projections (#5) and head (#8), the x0 mix and
-  value residual (#9), UNet skips (#11), document-masked FlexAttention over packed rows (#12), value embeddings in
-  the mirrored UNet pattern (#14, #15), a soft logit cap (#9, #18, #19).
+- "speedrun": the GPT-2 speedrun stack carried over to a bidirectional encoder. Sources are the world records of
+  modded-nanogpt, cited by date (the record table in the README of github.com/KellerJordan/modded-nanogpt):
+  rotary positions (2024-06-06); ReLU² MLP, QK-norm, zero-initialised output projections (2024-10-14);
+  parameter-free RMSNorm after the embedding and zero-initialised head (2024-11-03); the x0 mix and a tanh logit
+  cap (2024-11-06); UNet skips (2024-11-10); document-masked FlexAttention over packed rows (2024-11-19); value
+  embeddings (2024-12-04) in the mirrored UNet pattern (2024-12-08).
 - "esm2": the architecture of Hugging Face `EsmForMaskedLM` (ESM2, Lin et al. 2023, doi:10.1126/science.ade2574):
   pre-LayerNorm blocks with biases, rotary positions, GELU MLP, final LayerNorm, tied dense-GELU-LayerNorm head,
   token dropout. It exists so that benchmarks and ablations compare architectures inside one code base.
 
 Inputs are packed rows (docs/ARCHITECTURE.md): `input_ids` int64 (R, T), `seq_ids` int32 (R, T) with -1 on
 padding, `labels` int64 (R, T) with -100 where not scored. Token i attends to token j iff
-seq_ids[i] == seq_ids[j] >= 0 (and |i - j| < sliding_window when that is set); rotary positions restart at 0 at
-each sequence's first token, so a sequence's outputs do not depend on what it is packed with.
+seq_ids[i] == seq_ids[j] >= 0; rotary positions restart at 0 at each sequence's first token, so a sequence's
+outputs do not depend on what it is packed with.
 
 Attention has two interchangeable paths, checked against each other and a dense reference in tests/test_model.py:
 FlexAttention with a block mask (CUDA; its backward is not implemented on CPU in torch 2.13), and
@@ -21,7 +22,7 @@ scaled-dot-product attention over the same sequences gathered into length bucket
 
 This file has no I/O, no distributed code and reads no global settings; precision (bf16 autocast) and
 torch.compile are applied by the caller. Under autocast the residual stream is in the autocast dtype from the
-embedding lookup on (`embedding_lookup`, `rms_norm`), as modded-nanogpt's bf16 activations (record #10); without
+embedding lookup on (`embedding_lookup`, `rms_norm`), as in modded-nanogpt's bf16 activations (2024-11-08); without
 autocast every number is what plain fp32 maths gives.
 """
 import dataclasses
@@ -35,20 +36,24 @@ import torch.nn.functional as F
 from vocab import EOS, MASK, VOCAB_SIZE, encode_with_specials
 
 ARCHITECTURES = ("speedrun", "esm2")
-LOGIT_CAP_TYPES = ("tanh", "sigmoid")
 ATTENTION_BACKENDS = ("auto", "flex", "sdpa")
 # ESM2 zeroes <mask> embeddings and rescales by (1 - this) / (1 - observed ratio): 15% of tokens selected,
 # 80% of those replaced by <mask>, "the ratio used in all ESM model training runs" (HF EsmEmbeddings).
 ESM2_TRAIN_MASK_RATIO = 0.15 * 0.8
 ESM2_LAYER_NORM_EPS = 1e-5  # facebook/esm2_t*_UR50D config.json
+ROPE_BASE = 10000.0  # rotary base frequency: ESM2's value (HF EsmConfig rope_theta)
 # SDPA path: sequences are padded up to a multiple of this many tokens so that similar lengths share one call.
 # It changes speed only, never results (padding keys are masked out). See docs/MODEL.md for the measurement.
 SDPA_BUCKET_MULTIPLE = 64
+# Fields that earlier versions of ModelConfig had, with the one value the model still computes with. A saved config
+# (an old checkpoint's model_config.json) may hold them with that value only; ModelConfig.from_dict drops them.
+REMOVED_FIELDS = {"sliding_window": 0, "rope_base": ROPE_BASE, "logit_cap_type": "tanh"}
 
 
 @dataclasses.dataclass
 class ModelConfig:
-    """Every hyperparameter of the encoder. Flat and JSON-able: checkpoint.py stores `dataclasses.asdict` of it.
+    """Every hyperparameter of the encoder. Flat and JSON-able: checkpoint.py stores `dataclasses.asdict` of it and
+    reads it back with `from_dict`.
 
     The defaults are the speed-track reference model: 132,323,412 parameters (< 150M), see docs/MODEL.md.
     """
@@ -61,17 +66,14 @@ class ModelConfig:
     intermediate_multiple_of: int = 128   # MLP width granularity (tensor-core friendly); 768·8/3 = 2048 exactly
     architecture: str = "speedrun"        # "speedrun" or "esm2" (HF EsmForMaskedLM; see esm2_config())
     # Speedrun ideas, each switchable for ablations
-    unet: bool = True                     # first half of the layers feed the second half in reverse (record #11)
-    x0_mix: bool = True                   # every block starts with x = λ0·x + λ1·x0 (record #9)
-    value_embeddings: int = 6             # k tables on the first k and last k layers, mirrored; 0 = off (#14, #15)
+    unet: bool = True                     # first half of the layers feed the second half in reverse
+    x0_mix: bool = True                   # every block starts with x = λ0·x + λ1·x0
+    value_embeddings: int = 6             # k tables on the first k and last k layers, mirrored; 0 = off
     attention_soft_cap: float = 0.0       # scores → cap·tanh(s/cap); 0 = off (QK-norm bounds |s| ≤ √head_dim)
-    soft_logit_cap: float = 32.0          # head logits capped, see soft_cap(); 0 = off (records #9, #18, #19)
-    logit_cap_type: str = "tanh"          # "tanh": cap·tanh(z/cap); "sigmoid": cap·sigmoid(4z/cap) (record #19)
+    soft_logit_cap: float = 32.0          # head logits → cap·tanh(z/cap), see soft_cap(); 0 = off
     tie_embeddings: bool = False          # head weight = token embedding (always true in esm2 mode)
     token_dropout: bool = False           # ESM2's zeroing + rescaling of <mask> embeddings, per sequence
     # Attention
-    sliding_window: int = 0               # tokens; symmetric |i - j| < window inside a sequence; 0 = whole sequence
-    rope_base: float = 10000.0            # rotary base frequency (ESM2 and SpeedrunningPLMs use 10,000)
     attention_backend: str = "auto"       # "flex" | "sdpa" | "auto" (flex on CUDA, sdpa otherwise)
 
     def __post_init__(self):
@@ -79,7 +81,6 @@ class ModelConfig:
             if not ok:
                 raise ValueError(f"ModelConfig: {message}")
         need(self.architecture in ARCHITECTURES, f"architecture must be one of {ARCHITECTURES}")
-        need(self.logit_cap_type in LOGIT_CAP_TYPES, f"logit_cap_type must be one of {LOGIT_CAP_TYPES}")
         need(self.attention_backend in ATTENTION_BACKENDS, f"attention_backend must be one of {ATTENTION_BACKENDS}")
         need(self.hidden_size % self.num_attention_heads == 0, "hidden_size must be a multiple of num_attention_heads")
         need(self.head_dim % 2 == 0, "head_dim must be even (rotary embeddings rotate pairs)")
@@ -87,15 +88,27 @@ class ModelConfig:
         need(self.expansion_ratio > 0 and self.intermediate_multiple_of >= 1, "MLP width must be positive")
         need(0 <= 2 * self.value_embeddings <= self.num_hidden_layers,
              "value_embeddings = k puts tables on the first k and last k layers: need 0 <= 2k <= num_hidden_layers")
-        need(self.attention_soft_cap >= 0 and self.soft_logit_cap >= 0 and self.sliding_window >= 0,
-             "caps and sliding_window must be >= 0 (0 = off)")
-        need(self.rope_base > 0, "rope_base must be positive")
+        need(self.attention_soft_cap >= 0 and self.soft_logit_cap >= 0, "caps must be >= 0 (0 = off)")
         if self.architecture == "esm2":
             speedrun_only = {"unet": self.unet, "x0_mix": self.x0_mix, "value_embeddings": self.value_embeddings,
                              "attention_soft_cap": self.attention_soft_cap, "soft_logit_cap": self.soft_logit_cap}
             on = [name for name, value in speedrun_only.items() if value]
             need(not on, f"architecture='esm2' has no {on}: switch them off (esm2_config() does)")
             need(self.tie_embeddings, "architecture='esm2' ties the decoder to the embeddings: tie_embeddings=True")
+
+    @classmethod
+    def from_dict(cls, saved: dict) -> "ModelConfig":
+        """A config saved as `dataclasses.asdict`, also by an earlier version: a key of REMOVED_FIELDS is dropped if it
+        holds the value the model computes with, and refused otherwise; any other unknown key is refused."""
+        saved = dict(saved)
+        for key, value in REMOVED_FIELDS.items():
+            if key in saved and (old := saved.pop(key)) != value:
+                raise ValueError(f"ModelConfig: {key}={old!r} cannot be loaded: the option was removed, and only "
+                                 f"{key}={value!r} computes what this model computes")
+        unknown = sorted(set(saved) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ValueError(f"ModelConfig: keys {unknown} are not ModelConfig fields")
+        return cls(**saved)
 
     @property
     def head_dim(self) -> int:
@@ -126,7 +139,7 @@ def mirror_layer(layer: int, num_layers: int) -> int:
 
 
 def unet_skip_source(layer: int, num_layers: int) -> int | None:
-    """UNet skips (modded-nanogpt record #11): the first L//2 layers store their outputs; layer i of the last L//2
+    """UNet skips (modded-nanogpt, 2024-11-10): the first L//2 layers store their outputs; layer i of the last L//2
     adds the stored output of its mirror layer before running, so the last layer gets layer 0's output. With odd L
     the middle layer neither stores nor adds. Returns the source layer, or None."""
     return mirror_layer(layer, num_layers) if layer >= num_layers - num_layers // 2 else None
@@ -137,7 +150,7 @@ def stores_unet_skip(layer: int, num_layers: int) -> bool:
 
 
 def value_embedding_table(layer: int, num_layers: int, num_tables: int) -> int | None:
-    """Value embeddings in the mirrored UNet pattern (modded-nanogpt #15): table i feeds layer i and its mirror
+    """Value embeddings in the mirrored UNet pattern (modded-nanogpt, 2024-12-08): table i feeds layer i and its mirror
     layer L-1-i, so k tables cover the first k and the last k layers. Returns the table index, or None."""
     if layer < num_tables:
         return layer
@@ -151,7 +164,7 @@ def value_embedding_table(layer: int, num_layers: int, num_tables: int) -> int |
 
 
 def rms_norm(x: torch.Tensor) -> torch.Tensor:
-    """Parameter-free RMSNorm over the last dimension (modded-nanogpt #5, #8: no learned gains), in x's dtype.
+    """Parameter-free RMSNorm over the last dimension (modded-nanogpt: no learned gains), in x's dtype.
 
     It runs outside autocast: CUDA autocast lists rms_norm as an fp32 op, so a bf16 x would come back fp32 and an
     fp32 copy of x would be saved for backward. The kernel accumulates in fp32 whatever the input dtype (as
@@ -163,7 +176,7 @@ def rms_norm(x: torch.Tensor) -> torch.Tensor:
 def embedding_lookup(table: nn.Embedding, ids: torch.Tensor) -> torch.Tensor:
     """(R, T) ids -> (R, T, D) rows of `table`, in the autocast dtype when autocast is on for ids' device.
 
-    This is where a bf16 residual stream starts (modded-nanogpt keeps its embeddings in bf16, record #10):
+    This is where a bf16 residual stream starts (modded-nanogpt's bf16 activations, 2024-11-08):
     nn.Embedding is not an autocast op, so without the cast x0, x, the UNet skips and every norm and residual add
     would run, and be saved for backward, in fp32. Rows are gathered in fp32 and then cast, so the backward still
     accumulates the table's gradient in fp32. Without autocast (fp32 runs) it is the plain lookup."""
@@ -173,19 +186,12 @@ def embedding_lookup(table: nn.Embedding, ids: torch.Tensor) -> torch.Tensor:
     return rows
 
 
-def soft_cap(z: torch.Tensor, cap: float, kind: str = "tanh") -> torch.Tensor:
-    """Soft cap on logits; cap = 0 returns z unchanged.
-
-    "tanh":    cap·tanh(z/cap), range (-cap, cap), slope 1 at 0 (Gemma 2; modded-nanogpt #9 with 30, #18 with 15).
-    "sigmoid": cap·sigmoid(4z/cap), range (0, cap), slope 1 at 0: modded-nanogpt #19's 30·sigmoid(z/7.5). It equals
-               (cap/2)·tanh(z/(cap/2)) + cap/2, so under softmax / cross-entropy it is exactly the tanh cap with
-               half the cap (tests/test_model.py checks this); only the returned logit values differ.
-    """
+def soft_cap(z: torch.Tensor, cap: float) -> torch.Tensor:
+    """cap·tanh(z/cap): range (-cap, cap), slope 1 at 0; cap = 0 returns z unchanged. Gemma 2 (arXiv:2408.00118);
+    modded-nanogpt capped its logits at 30 (2024-11-06), then 15 (2025-01-04)."""
     if cap == 0:
         return z
-    if kind == "tanh":
-        return cap * torch.tanh(z / cap)
-    return cap * torch.sigmoid(z * (4.0 / cap))
+    return cap * torch.tanh(z / cap)
 
 
 def sequence_positions(seq_ids: torch.Tensor) -> torch.Tensor:
@@ -200,10 +206,10 @@ def sequence_positions(seq_ids: torch.Tensor) -> torch.Tensor:
     return col - start_col
 
 
-def rotary_tables(positions: torch.Tensor, head_dim: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rotary position embeddings (Su et al., arXiv:2104.09864) in ESM2's rotate-half layout.
+def rotary_tables(positions: torch.Tensor, head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotary position embeddings (Su et al., arXiv:2104.09864) in ESM2's rotate-half layout, base ROPE_BASE.
     (R, T) positions -> cos, sin each (R, T, 1, head_dim/2) in fp32, broadcast over heads."""
-    inv_freq = base ** (-torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim)
+    inv_freq = ROPE_BASE ** (-torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim)
     angles = positions.to(torch.float32)[..., None, None] * inv_freq  # (R, T, 1, head_dim/2)
     return angles.cos(), angles.sin()
 
@@ -245,22 +251,20 @@ def compiled_flex_attention():
 FLEX_BLOCK = 128
 
 
-def document_block_mask(seq_ids: torch.Tensor, window: int):
+def document_block_mask(seq_ids: torch.Tensor):
     """The FlexAttention BlockMask of `DocumentMask`, built from per-block sequence-id ranges: O(R·(T/128)²) work.
 
     `create_block_mask` would evaluate the mask predicate on all R·T² position pairs (10⁹ at 4 × 16,384), and
     eagerly it materialises them; modded-nanogpt builds its masks from block ranges too (`BlockMask.from_kv_blocks`,
-    record #12). Block q may see block k iff their id ranges overlap (and, with a window, their closest positions are
-    nearer than it); the tile is full iff both blocks hold one and the same sequence with no padding (and their
-    farthest positions are inside the window). For rows whose ids rise by one per sequence, as every packer here
-    writes them, this is exactly `create_block_mask`'s answer (tests/test_gpu_path.py); for other ids it is a
-    superset of tiles, and the mask_mod still decides inside each one.
+    FlexAttention record of 2024-11-19). Block q may see block k iff their id ranges overlap; the tile is full iff
+    both blocks hold one and the same sequence with no padding. For rows whose ids rise by one per sequence, as every
+    packer here writes them, this is exactly `create_block_mask`'s answer (tests/test_gpu_path.py); for other ids it
+    is a superset of tiles, and the mask_mod still decides inside each one.
     """
     from torch.nn.attention.flex_attention import BlockMask
 
     def same_sequence(b, h, q, k):
-        keep = (seq_ids[b, q] == seq_ids[b, k]) & (seq_ids[b, q] >= 0)
-        return keep & ((q - k).abs() < window) if window > 0 else keep
+        return (seq_ids[b, q] == seq_ids[b, k]) & (seq_ids[b, q] >= 0)
 
     R, T = seq_ids.shape
     n = -(-T // FLEX_BLOCK)
@@ -271,11 +275,6 @@ def document_block_mask(seq_ids: torch.Tensor, window: int):
     touch = (lo[:, :, None] <= hi[:, None, :]) & (lo[:, None, :] <= hi[:, :, None])  # (R, n_q, n_k)
     single = real.all(-1) & (lo == hi)  # (R, n): one sequence fills the block
     full = single[:, :, None] & single[:, None, :] & (lo[:, :, None] == lo[:, None, :])
-    if window > 0:
-        block = torch.arange(n, device=seq_ids.device)
-        gap = (block[:, None] - block[None, :]).abs() * FLEX_BLOCK  # (n_q, n_k) distance between block starts
-        touch = touch & (gap - (FLEX_BLOCK - 1) < window)
-        full = full & (gap + (FLEX_BLOCK - 1) < window)
 
     def ordered(tiles):  # (R, n, n) bool -> counts (R, 1, n), indices (R, 1, n, n): listed tiles first, in order
         tiles = tiles.to(torch.int32)[:, None]
@@ -291,7 +290,7 @@ class SequenceBucket:
     """n sequences padded to P tokens: the next n·P slots of the SDPA path's gathered tokens."""
     n: int
     P: int
-    key_mask: torch.Tensor  # (n, 1, 1 or P, P) bool: may the query slot attend to the key slot
+    key_mask: torch.Tensor  # (n, 1, 1, P) bool: is the key slot a real token (every query may attend to it)
 
 
 @dataclasses.dataclass
@@ -305,23 +304,23 @@ class SequenceBuckets:
 class DocumentMask:
     """Who attends to whom in a batch of packed rows, built once per forward and shared by all layers.
 
-    Token i attends to j iff seq_ids[i] == seq_ids[j] >= 0 and, when window > 0, |i - j| < window (symmetric
-    sliding window; record #16 used a causal one). Sequences are contiguous runs of one seq_id in a row, as the
-    dataloader writes them. For "flex" this is a BlockMask (modded-nanogpt #12: document masking lets long packed
-    rows cost what their sequences cost); for "sdpa" it is SequenceBuckets (sequences grouped by padded length).
+    Token i attends to j iff seq_ids[i] == seq_ids[j] >= 0. Sequences are contiguous runs of one seq_id in a row, as
+    the dataloader writes them. For "flex" this is a BlockMask (document masking lets long packed rows cost what
+    their sequences cost, as in modded-nanogpt's FlexAttention record of 2024-11-19); for "sdpa" it is
+    SequenceBuckets (sequences grouped by padded length).
     """
 
-    def __init__(self, seq_ids: torch.Tensor, window: int, backend: str):
+    def __init__(self, seq_ids: torch.Tensor, backend: str):
         self.backend = backend
         self.positions = sequence_positions(seq_ids)
         if backend == "flex":
-            self.block_mask = document_block_mask(seq_ids, window)
+            self.block_mask = document_block_mask(seq_ids)
         else:
-            self.buckets = self._buckets(seq_ids, window)
+            self.buckets = self._buckets(seq_ids)
 
     @staticmethod
     @torch.compiler.disable  # data-dependent shapes (one call per bucket): runs eagerly inside a compiled model
-    def _buckets(seq_ids, window) -> SequenceBuckets:
+    def _buckets(seq_ids) -> SequenceBuckets:
         R, T = seq_ids.shape
         flat = seq_ids.reshape(-1)
         col = torch.arange(T, device=flat.device).repeat(R)
@@ -337,13 +336,7 @@ class DocumentMask:
             slot = torch.arange(P, device=flat.device)
             index = starts[chosen][:, None] + slot  # (n, P)
             valid = slot < lengths[chosen][:, None]  # (n, P)
-            key_mask = valid[:, None, None, :]  # (n, 1, 1, P)
-            if window > 0:
-                near = (slot[:, None] - slot[None, :]).abs() < window  # (P, P)
-                # Padding slots far from the sequence would see no key: a fully masked row is NaN in softmax,
-                # and NaN·0 poisons the backward. Let them see the whole sequence; their outputs are discarded.
-                key_mask = key_mask & (near | ~valid[:, :, None])[:, None]  # (n, 1, P, P)
-            buckets.append(SequenceBucket(index.size(0), P, key_mask))
+            buckets.append(SequenceBucket(index.size(0), P, valid[:, None, None, :]))  # key mask (n, 1, 1, P)
             gather.append(torch.where(valid, index, 0).reshape(-1))
             scatter.append(torch.where(valid, index, R * T).reshape(-1))
         empty = torch.zeros(0, dtype=torch.int64, device=flat.device)
@@ -361,10 +354,10 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: DocumentMask
 
 def flex_attention_packed(q, k, v, mask: DocumentMask, soft_cap_value: float):
     """FlexAttention over whole packed rows with the block mask: only blocks that touch a sequence are computed."""
-    score_mod = None
-    if soft_cap_value > 0:
-        def score_mod(score, b, h, q_idx, kv_idx):
-            return soft_cap_value * torch.tanh(score / soft_cap_value)
+    def capped(score, b, h, q_idx, kv_idx):
+        return soft_cap_value * torch.tanh(score / soft_cap_value)
+
+    score_mod = capped if soft_cap_value > 0 else None
     # .contiguous(): inside a compiled model on CPU (torch 2.13), flex fed the strided output of the fused QK-norm
     # returns wrong values without an error (tests/test_model.py::test_compiled_flex_model_matches_eager_sdpa_model;
     # stride bugs of the same family: pytorch/pytorch#146377). Inductor folds the copy into the producer.
@@ -458,8 +451,9 @@ def packed_rows(pieces, batch: list[tuple[int, int, int]], rows: int, width: int
 
 
 class Attention(nn.Module):
-    """Self-attention: merged QKV projection (record #20), QK-norm (speedrun), rotary positions, optional value
-    embedding mixed into V (`v = a0·v + a1·ve`, record #14), document-masked attention, output projection."""
+    """Self-attention: merged QKV projection (modded-nanogpt, 2025-01-16), QK-norm (speedrun), rotary positions,
+    optional value embedding mixed into V (`v = a0·v + a1·ve`, 2024-12-04), document-masked attention, output
+    projection."""
 
     def __init__(self, config: ModelConfig, has_value_embedding: bool):
         super().__init__()
@@ -480,7 +474,7 @@ class Attention(nn.Module):
         qkv = F.linear(x, torch.cat([self.q_weight, self.k_weight, self.v_weight]), bias)  # (R, T, 3D)
         q, k, v = qkv.view(R, T, 3, self.num_heads, self.head_dim).unbind(2)  # each (R, T, H, Dh)
         if not self.esm2:
-            q, k = rms_norm(q), rms_norm(k)  # QK-norm (record #5)
+            q, k = rms_norm(q), rms_norm(k)  # QK-norm (modded-nanogpt, 2024-10-14)
         q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
         if self.value_embedding_lambdas is not None:
             a = self.value_embedding_lambdas
@@ -493,7 +487,7 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    """speedrun: relu(x·W1ᵀ)²·W2ᵀ without biases (So et al. "Primer", arXiv:2109.08668; record #5).
+    """speedrun: relu(x·W1ᵀ)²·W2ᵀ, no biases (So et al. "Primer", arXiv:2109.08668; modded-nanogpt 2024-10-14).
     esm2: gelu(x·W1ᵀ + b1)·W2ᵀ + b2 with exact erf GELU, as HF EsmIntermediate/EsmOutput."""
 
     def __init__(self, config: ModelConfig):
@@ -529,7 +523,7 @@ class Block(nn.Module):
         self.x0_lambdas = nn.Parameter(torch.empty(2)) if config.x0_mix else None
 
     def forward(self, x, x0, mask: DocumentMask, rope, value_embedding=None):
-        if self.x0_lambdas is not None:  # x0 shortcut (record #9): every block can re-read the embedding
+        if self.x0_lambdas is not None:  # x0 shortcut (modded-nanogpt, 2024-11-06): every block re-reads the embedding
             lam = self.x0_lambdas.type_as(x)
             x = lam[0] * x + lam[1] * x0
         x = x + self.attn(self.attn_norm(x), mask, rope, value_embedding)
@@ -609,29 +603,30 @@ class PLM(nn.Module):
                 else:
                     init(p, nn.init.normal_, 0.0, 0.02)
         else:
+            # "modded 2025-02" below: train_gpt.py in modded-nanogpt's records/track_1_short/2025-02-01_RuleTweak.
             hidden_std = 0.5 * c.hidden_size ** -0.5  # modded-nanogpt: uniform ±√3·0.5·D^-0.5, i.e. std 0.5/√D
             bound = math.sqrt(3) * hidden_std
             # Head N(0, 0.005), as modded-nanogpt's current lm_head: untrained logits ≈ 0, so the loss starts within
-            # ~0.01 of ln(V). Not zero (record #8): with token_dropout the <mask> positions start with an all-zero
-            # residual stream, and a zero head plus zero output projections is then an exact fixed point where
-            # every gradient is zero (tests/test_model.py::test_every_option_builds_and_trains caught it).
+            # ~0.01 of ln(V). Not zero (modded-nanogpt's head of 2024-11-03): with token_dropout the <mask>
+            # positions start with an all-zero residual stream, and a zero head plus zero output projections is then
+            # an exact fixed point where every gradient is zero (test_every_option_builds_and_trains caught it).
             init(self.head.weight, nn.init.normal_, 0.0, 0.005)
             if not c.tie_embeddings:  # (tied: the head's init above is the embedding's; RMSNorm follows the lookup)
                 init(self.token_embedding.weight, nn.init.normal_, 0.0, 1.0)  # nn.Embedding default, as modded
             for table in self.value_embeds:
-                init(table.weight, nn.init.normal_, 0.0, 1.0)  # nn.Embedding default (modded CLASSIC script)
+                init(table.weight, nn.init.normal_, 0.0, 1.0)  # nn.Embedding default (modded 2025-02)
             for block in self.blocks:
                 a, m = block.attn, block.mlp
                 for w in (a.q_weight, a.k_weight, a.v_weight, m.up_weight):
                     init(w, nn.init.uniform_, -bound, bound)
-                init(a.out_weight, nn.init.zeros_)  # zero output projections (record #5): each block starts
-                init(m.down_weight, nn.init.zeros_)  # as the identity
+                init(a.out_weight, nn.init.zeros_)  # zero output projections (modded-nanogpt, 2024-10-14):
+                init(m.down_weight, nn.init.zeros_)  # each block starts as the identity
                 if a.value_embedding_lambdas is not None:
-                    init(a.value_embedding_lambdas, lambda p: p.copy_(torch.tensor([0.5, 0.5])))  # modded CLASSIC
+                    init(a.value_embedding_lambdas, lambda p: p.copy_(torch.tensor([0.5, 0.5])))  # modded 2025-02
                 if block.x0_lambdas is not None:
                     init(block.x0_lambdas, lambda p: p.copy_(torch.tensor([1.0, 0.0])))  # starts as plain x
             if self.skip_weights is not None:
-                init(self.skip_weights, nn.init.ones_)  # modded CLASSIC: skips start fully on
+                init(self.skip_weights, nn.init.ones_)  # modded 2025-02: skips start fully on
         missing = [name for name, p in self.named_parameters() if id(p) not in done]
         assert not missing, f"init_weights left parameters unset: {missing}"
 
@@ -647,13 +642,13 @@ class PLM(nn.Module):
         """Embeddings and blocks. Returns the residual stream after `stop_after` blocks (all by default), (R, T, D)."""
         c = self.config
         L = c.num_hidden_layers
-        mask = DocumentMask(seq_ids, c.sliding_window, self.attention_backend(input_ids.device))
-        rope = rotary_tables(mask.positions, c.head_dim, c.rope_base)
+        mask = DocumentMask(seq_ids, self.attention_backend(input_ids.device))
+        rope = rotary_tables(mask.positions, c.head_dim)
         x = embedding_lookup(self.token_embedding, input_ids)  # (R, T, D), bf16 under autocast
         if c.token_dropout:
             x = token_dropout(x, input_ids, seq_ids)
         if c.architecture == "speedrun":
-            x = rms_norm(x)  # post-embedding norm (record #8)
+            x = rms_norm(x)  # post-embedding norm (modded-nanogpt, 2024-11-03)
         x0 = x
         value_embeds = [embedding_lookup(table, input_ids) for table in self.value_embeds]  # each (R, T, D)
         stored = {}
@@ -670,7 +665,7 @@ class PLM(nn.Module):
     def logits(self, input_ids: torch.Tensor, seq_ids: torch.Tensor) -> torch.Tensor:
         """(R, T) -> (R, T, V) fp32 logits, soft-capped as the loss sees them."""
         z = self.head(self.final_norm(self._residual_stream(input_ids, seq_ids))).float()
-        return soft_cap(z, self.config.soft_logit_cap, self.config.logit_cap_type)
+        return soft_cap(z, self.config.soft_logit_cap)
 
     def forward(self, input_ids: torch.Tensor, seq_ids: torch.Tensor, labels: torch.Tensor):
         """-> (summed cross-entropy over positions with labels != -100: fp32 scalar, their count: int64 scalar).
@@ -749,7 +744,7 @@ class PLM(nn.Module):
         Hoffmann et al. (arXiv:2203.15556, app. F) do and Serrano et al. "Are protein language models compute
         optimal?" (arXiv:2406.07249, app. E) adopt for encoders; norms, softmax (3·H·S, < 0.2% here) and elementwise
         ops are not counted. seq_len is the attended length: with document masking, the mean length of
-        the sequences (weighted by tokens, Σ L²/Σ L, for an exact count); a sliding window caps it at 2·window - 1.
+        the sequences (weighted by tokens, Σ L²/Σ L, for an exact count).
 
             forward = 2·V·D                                      embeddings (as a one-hot matmul)
                     + layers · ( 2·3·D·D                          QKV projections
@@ -763,7 +758,7 @@ class PLM(nn.Module):
         """
         c = self.config
         D, V, F_ = c.hidden_size, c.vocab_size, c.intermediate_size
-        S = min(seq_len, 2 * c.sliding_window - 1) if c.sliding_window > 0 else seq_len
+        S = seq_len
         per_layer = 2 * 3 * D * D + 2 * S * D + 2 * S * D + 2 * D * D + 2 * 2 * D * F_
         head = 2 * D * V + (2 * D * D if c.architecture == "esm2" else 0)
         forward = 2 * V * D + c.num_hidden_layers * per_layer + head

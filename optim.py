@@ -1,20 +1,21 @@
 """Optimisers for plm-speedrun: Muon for hidden matrices, Adam for the rest, the ESM2 AdamW recipe, schedules.
 
 Reading order:
-1. `newton_schulz`   — approximate orthogonalisation G ≈ U S Vᵀ ↦ U Vᵀ (quintic or Polar Express coefficients).
+1. `newton_schulz`   — approximate orthogonalisation G ≈ U S Vᵀ ↦ U Vᵀ (Keller Jordan's quintic iteration).
 2. `Muon`            — Nesterov momentum → Newton–Schulz → shape-scaled update; the orthogonalisation work is
                        split over data-parallel ranks and shared with an all-gather, for any world size.
-3. `build_optimizers` — the Muon/Adam split by parameter group ("speedrun") or one AdamW ("esm2").
-4. Schedules as pure functions of (step, progress): `lr_multiplier`, `muon_momentum_at`; `apply_schedule` writes
-   them into the param groups as plain Python floats, so nothing compiled ever sees them.
+3. `OptimConfig`, `build_optimizers` — the Muon/Adam split by parameter group ("speedrun") or one AdamW ("esm2").
+4. Schedules as pure functions of (step, progress): `schedule` (from `lr_multiplier`, `muon_momentum_at`);
+   `apply_schedule` writes them into the param groups as plain Python floats, so nothing compiled ever sees them.
 5. `clip_grad_norm`.
 
-This module never sees `Config` or the model: `train.py` passes parameters and plain values by name.
+This module never sees the model or the run: `train.py` passes the parameter groups and an `OptimConfig`.
 See docs/OPTIM.md for the defaults and the reasoning behind them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Iterable, Sequence
 
@@ -25,23 +26,11 @@ from torch import Tensor, nn
 # ----------------------------------------------------------------------------------------------------------------------
 # Newton–Schulz orthogonalisation
 
-# Keller Jordan's quintic iteration (Muon, modded-nanogpt record #3): coefficients chosen to maximise the slope at
-# zero, so small singular values grow fast; the price is that the output singular values only land in a band
-# around 1 instead of converging to 1 (see tests/test_optim.py for the measured band).
+# Keller Jordan's quintic iteration (Muon: kellerjordan.github.io/posts/muon; modded-nanogpt record of
+# 2024-10-04): coefficients chosen to maximise the slope at zero, so small singular values grow fast; the price is
+# that the output singular values only land in a band around 1 instead of converging to 1 (see tests/test_optim.py
+# for the measured band).
 QUINTIC_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
-
-# Polar Express (arXiv 2505.16932; modded-nanogpt record #38): one optimal (a, b, c) per iteration, computed for
-# 5 iterations with safety factor 2e-2 and cushion 2. The triples come from the paper's code as used by
-# modded-nanogpt and nanochat.
-POLAR_EXPRESS_COEFFICIENTS = (
-    (8.156554524902461, -22.48329292557795, 15.878769915207462),
-    (4.042929935166739, -2.808917465908714, 0.5000178451051316),
-    (3.8916678022926607, -2.772484153217685, 0.5060648178503393),
-    (3.285753657755655, -2.3681294933425376, 0.46449024233003106),
-    (2.3465413258596377, -1.7097828382687081, 0.42323551169305323),
-)
-NS_COEFFICIENTS = ("quintic", "polar_express")
-
 
 def orthogonalisation_dtype(device: torch.device) -> torch.dtype:
     """The one place that picks Newton–Schulz precision: bf16 on CUDA (as in modded-nanogpt; the iteration is
@@ -50,43 +39,27 @@ def orthogonalisation_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
-def _coefficient_schedule(coefficients: str, steps: int) -> Sequence[tuple[float, float, float]]:
-    if coefficients == "quintic":
-        return (QUINTIC_COEFFICIENTS,) * steps
-    if coefficients == "polar_express":
-        if not 1 <= steps <= len(POLAR_EXPRESS_COEFFICIENTS):
-            raise ValueError(
-                f"polar_express has coefficients for 1..{len(POLAR_EXPRESS_COEFFICIENTS)} steps, got steps={steps}"
-            )
-        # Polar Express picks each step greedily, so the first k triples are the paper's k-step method.
-        return POLAR_EXPRESS_COEFFICIENTS[:steps]
-    raise ValueError(f"ns_coefficients must be one of {NS_COEFFICIENTS}, got {coefficients!r}")
-
-
-def newton_schulz(
-    G: Tensor, steps: int = 5, coefficients: str = "quintic", dtype: torch.dtype | None = None
-) -> Tensor:
+def newton_schulz(G: Tensor, steps: int = 5, dtype: torch.dtype | None = None) -> Tensor:
     """Approximate polar factor U Vᵀ of G = U S Vᵀ, batched over leading dimensions.
 
     G: (..., rows, cols), any float dtype. Returns the same shape in `dtype`, by default
     `orthogonalisation_dtype(G.device)` (bf16 on CUDA, fp32 on CPU; benchmarks/gpu_check.py runs the bf16
-    iteration on a CPU too); the caller casts. The result is U p(S) Vᵀ for an odd polynomial p, so its singular vectors
-    are exactly G's and only the singular values are approximate. For σ ≥ 2e-3·‖G‖_F, 5 steps put them in
-    [0.68, 1.21] (quintic) or [0.85, 1.15] (Polar Express); smaller ones stay below the band (tests/test_optim.py
-    derives both bands from the coefficients). A zero matrix maps to zero, which lets `Muon` pad with zeros.
+    iteration on a CPU too); the caller casts. The result is U p(S) Vᵀ for an odd polynomial p, so its singular
+    vectors are exactly G's and only the singular values are approximate. For σ ≥ 2e-3·‖G‖_F, 5 steps put them
+    in [0.68, 1.21]; smaller ones stay below the band (tests/test_optim.py derives the band from the coefficients).
+    A zero matrix maps to zero, which lets `Muon` pad with zeros.
     """
     if G.ndim < 2:
         raise ValueError(f"newton_schulz needs a matrix (or a batch of them), got shape {tuple(G.shape)}")
-    schedule = _coefficient_schedule(coefficients, steps)
     X = G.to(dtype or orthogonalisation_dtype(G.device))
     tall = G.size(-2) > G.size(-1)
     if tall:  # iterate on the wide orientation: X Xᵀ is then the smaller Gram matrix
         X = X.mT
     # Divide by the Frobenius norm (≥ spectral norm) so every singular value starts in [0, 1], where the polynomials
-    # are designed to work. Polar Express adds a 2% margin for bf16 rounding (record #38).
-    norm = X.norm(dim=(-2, -1), keepdim=True)
-    X = X / (norm * 1.02 + 1e-6) if coefficients == "polar_express" else X / (norm + 1e-7)
-    for a, b, c in schedule:
+    # are designed to work.
+    X = X / (X.norm(dim=(-2, -1), keepdim=True) + 1e-7)
+    a, b, c = QUINTIC_COEFFICIENTS
+    for _ in range(steps):
         A = X @ X.mT
         B = b * A + c * (A @ A)
         X = a * X + B @ X
@@ -114,21 +87,19 @@ def all_gather_async(output: Tensor, input: Tensor):
 
 class Muon(torch.optim.Optimizer):
     """MomentUm Orthogonalized by Newton–Schulz (Keller Jordan 2024, kellerjordan.github.io/posts/muon;
-    modded-nanogpt records #3, #6 distributed, #9 momentum warm-up, #20 batched).
+    modded-nanogpt records of 2024-10-04, 2024-10-18 (distributed),
+    2024-11-06 (momentum warm-up) and 2025-01-16 (batched)).
 
     For each 2-D parameter W (rows, cols) with gradient g, per step:
 
         buf ← m·buf + (1−m)·g                 (fp32 momentum, kept for every matrix on every rank)
         d   ← (1−m)·g + m·buf                 (Nesterov)
         u   ← newton_schulz(d) · √max(1, rows/cols)
-        W   ← W − lr·wd·W        [only where u·W ≥ 0 if cautious]     (decoupled, follows the LR schedule)
         W   ← W − lr·u
 
     `lr` is the step in units of the orthogonalised update: with the shape factor, the change of W has an RMS of
-    about lr/√cols per entry whatever the aspect ratio (Muon repo; Keller Jordan's Muon PR #16). Weight decay is
-    multiplied by lr so it follows the LR schedule (as in arXiv 2502.16982 and modded-nanogpt).
-    Cautious weight decay follows arXiv 2510.12402 (modded-nanogpt #43): decay only the entries where the
-    update u and the weight W agree in sign, i.e. where the update already moves the weight towards zero.
+    about lr/√cols per entry whatever the aspect ratio (github.com/KellerJordan/Muon). No weight decay: no
+    experiment of ours measured one, so the option was removed.
 
     Distributed (torch.distributed initialised, world size W > 1): matrices are bucketed by shape, in the order they
     appear in the param groups; inside a bucket, matrix i is orthogonalised by rank i % W. Each rank stacks its
@@ -143,21 +114,11 @@ class Muon(torch.optim.Optimizer):
         params: Iterable[nn.Parameter] | Iterable[dict],
         lr: float = 0.05,
         momentum: float = 0.95,
-        weight_decay: float = 0.0,
-        cautious_weight_decay: bool = False,
         ns_steps: int = 5,
-        ns_coefficients: str = "quintic",
     ):
-        _coefficient_schedule(ns_coefficients, ns_steps)  # validate early, not at the first step
-        defaults = dict(
-            lr=lr,
-            momentum=momentum,
-            weight_decay=weight_decay,
-            cautious_weight_decay=cautious_weight_decay,
-            ns_steps=ns_steps,
-            ns_coefficients=ns_coefficients,
-        )
-        super().__init__(params, defaults)
+        if ns_steps < 1:
+            raise ValueError(f"ns_steps must be >= 1, got {ns_steps}")
+        super().__init__(params, dict(lr=lr, momentum=momentum, ns_steps=ns_steps))
         for group in self.param_groups:
             for p in group["params"]:
                 if p.ndim != 2:
@@ -165,12 +126,12 @@ class Muon(torch.optim.Optimizer):
         # Compiled lazily and only for CUDA tensors: compiling on CPU would only slow the tests down.
         self._compiled_newton_schulz: Callable[..., Tensor] | None = None
 
-    def _orthogonalise(self, X: Tensor, steps: int, coefficients: str) -> Tensor:
+    def _orthogonalise(self, X: Tensor, steps: int) -> Tensor:
         if X.device.type != "cuda":
-            return newton_schulz(X, steps, coefficients)
+            return newton_schulz(X, steps)
         if self._compiled_newton_schulz is None:
             self._compiled_newton_schulz = torch.compile(newton_schulz, dynamic=False, fullgraph=True)
-        return self._compiled_newton_schulz(X, steps, coefficients)
+        return self._compiled_newton_schulz(X, steps)
 
     def _nesterov_direction(self, p: nn.Parameter, group: dict) -> Tensor:
         """(1−m)·g + m·buf, in fp32, with the buffer already updated this step; g is not modified."""
@@ -186,14 +147,14 @@ class Muon(torch.optim.Optimizer):
 
         # 1. Momentum for every matrix on every rank (cheap, and keeps the state identical everywhere), one foreach
         #    launch per group rather than one per matrix (~150 matrices in the default model); bucket the matrices by
-        #    (shape, dtype, Newton–Schulz settings), in param-group order.
+        #    (shape, dtype, Newton–Schulz steps), in param-group order.
         buckets: dict[tuple, list[tuple[nn.Parameter, dict]]] = {}
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
             for p in params:
                 if "momentum_buffer" not in self.state[p]:
                     self.state[p]["momentum_buffer"] = torch.zeros_like(p, dtype=torch.float32)
-                key = (tuple(p.shape), p.dtype, group["ns_steps"], group["ns_coefficients"])
+                key = (tuple(p.shape), p.dtype, group["ns_steps"])
                 buckets.setdefault(key, []).append((p, group))
             if params:
                 torch._foreach_lerp_([self.state[p]["momentum_buffer"] for p in params],
@@ -202,14 +163,14 @@ class Muon(torch.optim.Optimizer):
         # 2. Orthogonalise this rank's share of each bucket (matrix i on rank i % world, zero matrices as padding);
         #    start sharing it while the next bucket computes.
         pending = []
-        for (shape, _, steps, coefficients), items in buckets.items():
+        for (shape, _, steps), items in buckets.items():
             per_rank = math.ceil(len(items) / world)
             padding = items[0][0].new_zeros(shape, dtype=torch.float32)
             mine = [
                 self._nesterov_direction(*items[i]) if i < len(items) else padding
                 for i in range(rank, per_rank * world, world)
             ]
-            updates = self._orthogonalise(torch.stack(mine), steps, coefficients)  # (per_rank, rows, cols)
+            updates = self._orthogonalise(torch.stack(mine), steps)  # (per_rank, rows, cols)
             if world == 1:
                 pending.append((items, updates.unsqueeze(0), None))
                 continue
@@ -218,7 +179,7 @@ class Muon(torch.optim.Optimizer):
             pending.append((items, gathered.view(world, per_rank, *shape), handle))  # [r, j] is matrix j·world + r
 
         # 3. Apply every update on every rank: per bucket one cast and one shape scaling (all its matrices share a
-        #    shape), then foreach weight decay and update per param group.
+        #    shape), then one foreach update per param group.
         for items, gathered, handle in pending:
             if handle is not None:
                 handle.wait()
@@ -230,14 +191,7 @@ class Muon(torch.optim.Optimizer):
                 entry[1].append(p)
                 entry[2].append(gathered[i % world, i // world])
             for group, params, updates in by_group.values():
-                lr, wd = group["lr"], group["weight_decay"]
-                if wd != 0:
-                    if group["cautious_weight_decay"]:
-                        for p, u in zip(params, updates):
-                            p.sub_(p * (u * p >= 0), alpha=lr * wd)
-                    else:
-                        torch._foreach_mul_(params, 1 - lr * wd)
-                torch._foreach_sub_(params, updates, alpha=lr)
+                torch._foreach_sub_(params, updates, alpha=group["lr"])
         return loss
 
 
@@ -246,6 +200,7 @@ class Muon(torch.optim.Optimizer):
 
 PARAM_GROUP_NAMES = ("hidden", "embed", "value_embed", "head", "scalar")
 RECIPES = ("speedrun", "esm2")
+SCHEDULES = ("constant", "cosine", "linear", "trapezoid")
 
 
 def _describe(p: Tensor) -> str:
@@ -282,142 +237,99 @@ def check_param_groups(
                     raise ValueError(f"{_describe(p)} (index {index} of {name!r}) is not a parameter of the model")
 
 
-def build_optimizers(
-    param_groups: dict[str, list[nn.Parameter]],
-    *,
-    recipe: str = "speedrun",
-    all_params: Iterable[nn.Parameter] | None = None,
-    # speedrun recipe: Muon on `hidden`, Adam (no weight decay) on the rest
-    lr_hidden: float = 0.05,
-    lr_embed: float = 0.06,
-    lr_value_embed: float | None = None,
-    lr_head: float = 0.008,
-    lr_scalar: float = 0.04,
-    adam_betas: tuple[float, float] = (0.8, 0.95),
-    adam_eps: float = 1e-10,
-    muon_momentum: float = 0.95,
-    ns_steps: int = 5,
-    ns_coefficients: str = "quintic",
-    muon_weight_decay: float = 0.0,
-    cautious_weight_decay: bool = False,
-    # esm2 recipe: one AdamW over everything
-    lr: float = 4e-4,
-    esm2_betas: tuple[float, float] = (0.9, 0.98),
-    esm2_eps: float = 1e-8,
-    esm2_weight_decay: float = 0.01,
-    # both
-    fused: bool | None = None,
-) -> list[torch.optim.Optimizer]:
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    """The optimiser recipe and its schedules. LRs are peak values; schedules multiply them."""
+    recipe: str = "speedrun"               # "speedrun": Muon on hidden matrices + Adam; "esm2": AdamW on everything
+    # speedrun recipe
+    lr_hidden: float = 0.05                # Muon LR of the hidden matrices (units of the orthogonalised update)
+    lr_embed: float = 0.06                 # Adam LR of the token embedding and the value embeddings
+    lr_head: float = 0.008                 # Adam LR of the MLM head
+    lr_scalar: float = 0.04                # Adam LR of scalars and vectors (ndim < 2)
+    adam_betas: tuple[float, float] = (0.8, 0.95)  # Adam betas
+    adam_eps: float = 1e-10                # Adam eps
+    muon_momentum_start: float = 0.85      # Muon momentum at step 0
+    muon_momentum_end: float = 0.95        # Muon momentum after muon_momentum_warmup_steps
+    muon_momentum_warmup_steps: int = 300  # steps of the linear Muon-momentum warm-up
+    ns_steps: int = 5                      # Newton–Schulz iterations per Muon update
+    # esm2 recipe (Lin et al. 2023, Science): one AdamW, decay on every parameter
+    lr: float = 4e-4                       # peak AdamW LR
+    esm2_betas: tuple[float, float] = (0.9, 0.98)  # AdamW betas
+    esm2_eps: float = 1e-8                 # AdamW eps
+    esm2_weight_decay: float = 0.01        # decoupled AdamW weight decay
+    # both recipes
+    grad_clip: float = 0.0                 # global gradient-norm clip (0 = off)
+    scheduler_type: str = "trapezoid"      # LR shape after warm-up: "trapezoid", "cosine", "linear" or "constant"
+    lr_warmup_steps: int = 0               # steps of linear LR warm-up
+    cooldown_frac: float = 0.4             # trapezoid: final fraction of the run (steps or clock) spent cooling down
+    lr_floor: float = 0.1                  # LR at the end of the decay, as a fraction of the peak
+
+    def __post_init__(self):
+        def need(ok: bool, key: str, message: str):
+            if not ok:
+                raise ValueError(f"{key}: {message}, got {getattr(self, key)!r}")
+        need(self.recipe in RECIPES, "recipe", f"must be one of {', '.join(RECIPES)}")
+        need(self.scheduler_type in SCHEDULES, "scheduler_type", f"must be one of {', '.join(SCHEDULES)}")
+        for key in ("lr_hidden", "lr_embed", "lr_head", "lr_scalar", "lr", "adam_eps", "esm2_eps",
+                    "esm2_weight_decay", "grad_clip"):
+            need(getattr(self, key) >= 0, key, "must be >= 0")
+        for key in ("muon_momentum_warmup_steps", "lr_warmup_steps"):
+            need(getattr(self, key) >= 0, key, "must be >= 0")
+        need(self.ns_steps >= 1, "ns_steps", "must be >= 1")
+        for key in ("adam_betas", "esm2_betas", "muon_momentum_start", "muon_momentum_end"):
+            values = getattr(self, key) if isinstance(getattr(self, key), tuple) else (getattr(self, key),)
+            need(all(0 <= v < 1 for v in values), key, "must be in [0, 1)")
+        need(0 <= self.lr_floor <= 1, "lr_floor", "must be in [0, 1]")
+        need(0 <= self.cooldown_frac <= 1, "cooldown_frac", "must be in [0, 1]")
+        need(self.scheduler_type != "trapezoid" or self.cooldown_frac > 0, "cooldown_frac",
+             "the trapezoid schedule needs a cooldown > 0")
+
+    @property
+    def peak_lr(self) -> float:
+        """The LR the log reports: Muon's for the speedrun recipe, AdamW's for esm2."""
+        return self.lr_hidden if self.recipe == "speedrun" else self.lr
+
+
+def build_optimizers(param_groups: dict[str, list[nn.Parameter]], config: OptimConfig, *,
+                     all_params: Iterable[nn.Parameter] | None = None, fused: bool | None = None
+                     ) -> list[torch.optim.Optimizer]:
     """Build the optimisers for one model. Call `.step()` / `.zero_grad()` on each; pass the list to
     `apply_schedule`. Every param group gets `name` (for logs) and `initial_lr` (its peak LR; schedules multiply it).
 
-    recipe="speedrun" → [Muon(hidden), AdamW(embed, value_embed, head, scalar; weight_decay=0)], empty groups
-      skipped. LRs are peak values, in units of the update (Muon: spectral-norm scale; Adam: per-entry step).
-      lr_value_embed=None means lr_embed. Reads only the speedrun knobs and `fused`.
-    recipe="esm2" → [AdamW(all parameters)] with ESM2's published settings (Lin et al. 2023, Science): peak `lr`,
-      `esm2_betas`, `esm2_eps`, decoupled `esm2_weight_decay` on every parameter, biases and norm weights
-      included, as fairseq (which trained ESM2) does. Reads only `lr`, the esm2_* knobs and `fused`.
+    recipe "speedrun" → [Muon(hidden), AdamW(embed, value_embed, head, scalar; no weight decay)], empty groups
+      skipped: Muon for the hidden matrices, Adam for what Muon is not for (github.com/KellerJordan/Muon).
+    recipe "esm2" → [AdamW(all parameters)] with decoupled weight decay on every parameter, biases and norm
+      weights included, as fairseq (which trained ESM2) does. fairseq adds eps to √v before bias correction, torch
+      after; with eps=1e-8 the difference only matters while √v ≲ 1e-7.
 
     `all_params` (e.g. `model.parameters()`), when given, also checks that every model parameter is in a group.
     `fused` is passed to torch.optim.AdamW (None: torch's default implementation).
     """
     check_param_groups(param_groups, all_params)
-    if recipe == "speedrun":
-        optimizers = _speedrun_optimizers(
-            param_groups,
-            lr_hidden=lr_hidden,
-            lr_embed=lr_embed,
-            lr_value_embed=lr_embed if lr_value_embed is None else lr_value_embed,
-            lr_head=lr_head,
-            lr_scalar=lr_scalar,
-            adam_betas=adam_betas,
-            adam_eps=adam_eps,
-            muon_momentum=muon_momentum,
-            ns_steps=ns_steps,
-            ns_coefficients=ns_coefficients,
-            muon_weight_decay=muon_weight_decay,
-            cautious_weight_decay=cautious_weight_decay,
-            fused=fused,
-        )
-    elif recipe == "esm2":
-        optimizers = [_esm2_adamw(param_groups, lr, esm2_betas, esm2_eps, esm2_weight_decay, fused)]
+    c = config
+    if c.recipe == "esm2":
+        params = [p for name in PARAM_GROUP_NAMES for p in param_groups.get(name, [])]
+        optimizers = [torch.optim.AdamW([dict(params=params, name="all")], lr=c.lr, betas=c.esm2_betas,
+                                        eps=c.esm2_eps, weight_decay=c.esm2_weight_decay, fused=fused)]
     else:
-        raise ValueError(f"recipe must be one of {RECIPES}, got {recipe!r}")
+        optimizers = []
+        if param_groups.get("hidden"):
+            optimizers.append(Muon([dict(params=list(param_groups["hidden"]), name="hidden")], lr=c.lr_hidden,
+                                   momentum=c.muon_momentum_end, ns_steps=c.ns_steps))
+        adam_lrs = {"embed": c.lr_embed, "value_embed": c.lr_embed, "head": c.lr_head, "scalar": c.lr_scalar}
+        adam_groups = [dict(params=list(param_groups[name]), lr=group_lr, name=name)
+                       for name, group_lr in adam_lrs.items() if param_groups.get(name)]
+        if adam_groups:
+            optimizers.append(torch.optim.AdamW(adam_groups, betas=c.adam_betas, eps=c.adam_eps, weight_decay=0.0,
+                                                fused=fused))
     for optimizer in optimizers:
         for group in optimizer.param_groups:
             group["initial_lr"] = group["lr"]
     return optimizers
 
 
-def _speedrun_optimizers(
-    param_groups: dict[str, list[nn.Parameter]],
-    *,
-    lr_hidden: float,
-    lr_embed: float,
-    lr_value_embed: float,
-    lr_head: float,
-    lr_scalar: float,
-    adam_betas: tuple[float, float],
-    adam_eps: float,
-    muon_momentum: float,
-    ns_steps: int,
-    ns_coefficients: str,
-    muon_weight_decay: float,
-    cautious_weight_decay: bool,
-    fused: bool | None,
-) -> list[torch.optim.Optimizer]:
-    """Muon for the hidden matrices; Adam for embeddings, value embeddings, head and scalars, which Muon is not
-    for (Muon README; speedrunningplms train.py:375-396). Adam has no weight decay here, as in both prior arts."""
-    if cautious_weight_decay and muon_weight_decay == 0:
-        raise ValueError("cautious_weight_decay=True has no effect with muon_weight_decay=0")
-    optimizers: list[torch.optim.Optimizer] = []
-    hidden = list(param_groups.get("hidden", []))
-    if hidden:
-        optimizers.append(
-            Muon(
-                [dict(params=hidden, name="hidden")],
-                lr=lr_hidden,
-                momentum=muon_momentum,
-                weight_decay=muon_weight_decay,
-                cautious_weight_decay=cautious_weight_decay,
-                ns_steps=ns_steps,
-                ns_coefficients=ns_coefficients,
-            )
-        )
-    adam_lrs = {"embed": lr_embed, "value_embed": lr_value_embed, "head": lr_head, "scalar": lr_scalar}
-    adam_groups = [
-        dict(params=list(param_groups[name]), lr=group_lr, name=name)
-        for name, group_lr in adam_lrs.items()
-        if param_groups.get(name)
-    ]
-    if adam_groups:
-        optimizers.append(
-            torch.optim.AdamW(adam_groups, betas=adam_betas, eps=adam_eps, weight_decay=0.0, fused=fused)
-        )
-    return optimizers
-
-
-def _esm2_adamw(
-    param_groups: dict[str, list[nn.Parameter]],
-    lr: float,
-    betas: tuple[float, float],
-    eps: float,
-    weight_decay: float,
-    fused: bool | None,
-) -> torch.optim.AdamW:
-    """The ESM2 recipe: one AdamW, decay on all parameters (fairseq's Adam has no exclusion list). fairseq adds eps
-    to √v before bias correction, torch after; with eps=1e-8 the difference only matters while √v ≲ 1e-7."""
-    params = [p for name in PARAM_GROUP_NAMES for p in param_groups.get(name, [])]
-    return torch.optim.AdamW(
-        [dict(params=params, name="all")], lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, fused=fused
-    )
-
-
 # ----------------------------------------------------------------------------------------------------------------------
 # Schedules: pure functions of the step and of training progress
-
-SCHEDULES = ("constant", "cosine", "linear", "trapezoid")
-
 
 def warmup_factor(step: int, warmup_steps: int) -> float:
     """Linear warm-up: (step+1)/warmup_steps for the first warmup_steps steps (0-based), then 1. Step 0 already
@@ -470,10 +382,20 @@ def lr_multiplier(
 
 
 def muon_momentum_at(step: int, warmup_steps: int = 300, start: float = 0.85, end: float = 0.95) -> float:
-    """Muon momentum warm-up (modded-nanogpt record #9): linear from `start` at step 0 to `end` at warmup_steps,
-    then constant. A lower momentum early lets the fast-changing early gradients through."""
+    """Muon momentum warm-up (modded-nanogpt record of 2024-11-06): linear from `start` at step 0 to `end` at
+    warmup_steps, then constant. A lower momentum early lets the fast-changing early gradients through."""
     frac = 1.0 if warmup_steps <= 0 else min(step / warmup_steps, 1.0)
     return (1 - frac) * start + frac * end
+
+
+def schedule(config: OptimConfig, step: int, progress: float) -> tuple[float, float | None]:
+    """(LR multiplier, Muon momentum or None) at optimiser step `step` and training progress ∈ [0, 1]."""
+    lr_mult = lr_multiplier(step, progress, warmup_steps=config.lr_warmup_steps, schedule=config.scheduler_type,
+                            cooldown_frac=config.cooldown_frac, floor=config.lr_floor)
+    if config.recipe != "speedrun":
+        return lr_mult, None
+    return lr_mult, muon_momentum_at(step, config.muon_momentum_warmup_steps, config.muon_momentum_start,
+                                     config.muon_momentum_end)
 
 
 def apply_schedule(optimizers: Sequence[torch.optim.Optimizer], lr_mult: float, muon_momentum: float | None) -> None:

@@ -28,6 +28,7 @@ from pathlib import Path
 import yaml
 from scipy import stats as scipy_stats
 
+import config
 import provenance
 from shards import sha256_file
 
@@ -60,7 +61,7 @@ class Track:
     max_params: int                          # n_params must be below this
     target_loss: float | None = None         # time tracks: validation loss per masked token to reach (nats)
     budget_s: float | None = None            # representation track: training clock per run, at most (seconds)
-    probes: tuple[tuple[str, str | None], ...] = ()  # representation track: (task, split) of evaluate.py probe
+    probes: tuple[tuple[str, str | None], ...] = ()  # representation track: (task, split) of probe.py
     min_runs: int = 3                        # runs per record, at least (different seeds)
     alpha: float = 0.01                      # significance level of the track's test
 
@@ -140,12 +141,16 @@ RULES = {
                   "`val_mask_seed`, and the number of masked tokens scored at every validation.",
     "parameters": "`n_params` (every distinct parameter, embeddings included) is below the track's limit.",
     "hardware": "Every run ran on the track's hardware: its device type, world size, GPU name and usable CPU cores.",
-    "target": "Time tracks. For a validation step S logged by every run, and every later step they all logged, "
-              "the runs' mean validation loss is below `target_loss`: one-sided one-sample t-test, p < `alpha`. "
-              "The record's time is the mean over runs of the training clock at the first such S, reported "
-              "with its 95% t-interval. Each run's own first validation at or below the target is shown beside it.",
+    "target": "Time tracks. A run with a step budget: for a validation step S logged by every run, and every "
+              "later step they all logged, the runs' mean validation loss is below `target_loss` (one-sided "
+              "one-sample t-test, p < `alpha`); the record's time is the mean over runs of the training clock at the "
+              "first such S, with its 95% t-interval. A run with a time budget (`max_train_time_hours`, the same for "
+              "every run): its LR schedule follows the clock, so its validations fall at different steps and only "
+              "its final one comes after the cooldown; the runs' final validation losses are tested the same way, "
+              "and the record's time is the mean training clock of those final validations. Each run's own first "
+              "validation at or below the target is shown beside it.",
     "budget": "Representation track. Each run's training clock (`train_time_s`) is within `budget_s`.",
-    "evaluation": "Representation track. For every run and every probe of the track, an `evaluate.py probe "
+    "evaluation": "Representation track. For every run and every probe of the track, a `probe.py "
                   "--output` JSON of the run's final checkpoint (its `checkpoint_sha256` equals the run's "
                   "`provenance.checkpoint_sha256`), on the whole task (not subsampled), final layer. A run's score "
                   "is the mean of its probes' test scores; the record's score is the mean over runs, with its 95% "
@@ -157,7 +162,6 @@ WARNINGS = {
                      "above the number of cores when it ended (`provenance.machine`)",
 }
 # Prior-art spellings that train.py has already resolved into recipe / cooldown_frac (setting both is refused).
-ALIAS_KEYS = ("use_muon", "cooldown_steps")
 
 
 @dataclass(frozen=True)
@@ -468,29 +472,35 @@ def _time_statistics(track: Track, runs: list[Run]) -> tuple[dict | None, list[V
                                                       f"({name} in records.py)")]
     if len(runs) < 2:
         return None, []
-    common = sorted(set.intersection(*({v["step"] for v in r.summary.get("val", [])} for r in runs)))
-    tests = [(step, t_test_below([r.val_at(step)["loss"] for r in runs], track.target_loss)) for step in common]
-    first = next((i for i in range(len(tests)) if all(t["p"] < track.alpha for _, t in tests[i:])), None)
+    budgeted = runs[0].config.get("max_train_time_hours") is not None
+    if budgeted:  # the final validation of each run, after its clock-driven cooldown (the config rule: same budget)
+        points = [("final", t_test_below([r.summary["val"][-1]["loss"] for r in runs], track.target_loss),
+                   {r.run_id: r.summary["val"][-1] for r in runs})]
+    else:
+        common = sorted(set.intersection(*({v["step"] for v in r.summary.get("val", [])} for r in runs)))
+        points = [(step, t_test_below([r.val_at(step)["loss"] for r in runs], track.target_loss),
+                   {r.run_id: r.val_at(step) for r in runs}) for step in common]
+    first = next((i for i in range(len(points)) if all(t["p"] < track.alpha for _, t, _ in points[i:])), None)
     if first is None:
-        if not tests:
+        if not points:
             return None, [Violation("target", "all runs", "the runs have no validation step in common")]
-        step, best = min(tests, key=lambda st: st[1]["p"])
-        above = [r.run_id for r in runs if r.val_at(step)["loss"] > track.target_loss]
+        where, best, at = min(points, key=lambda point: point[1]["p"])
+        above = [rid for rid, v in at.items() if v["loss"] > track.target_loss]
+        where = "the final validations" if budgeted else \
+            f"no validation step logged by all runs (and every later one); closest: step {where}"
         return None, [Violation("target", ", ".join(above) or "all runs",
-                                f"target not reached: at no validation step logged by all runs (and every later "
-                                f"one) is the mean loss below {track.target_loss} at p < {track.alpha}; closest: step "
-                                f"{step}, mean {best['mean']:.4f}, p = {best['p']:.3g}"
+                                f"target not reached: at {where} the mean loss {best['mean']:.4f} is not below "
+                                f"{track.target_loss} at p < {track.alpha} (p = {best['p']:.3g})"
                                 + (f"; runs above the target there: {', '.join(above)}" if above else ""))]
-    step, test = tests[first]
-    times = [r.val_at(step)["train_time_s"] for r in runs]
+    where, test, at = points[first]
     first_crossing = {r.run_id: next((v["train_time_s"] for v in r.summary["val"] if v["loss"] <= track.target_loss),
                                      None) for r in runs}
-    return {"reported_step": step, "target_loss": track.target_loss, "alpha": track.alpha, "loss": test,
-            "time_s": mean_interval(times),
-            "per_run": {r.run_id: {"loss": r.val_at(step)["loss"], "train_time_s": r.val_at(step)["train_time_s"],
-                                   "tokens": r.val_at(step)["tokens"], "first_at_target_s": first_crossing[r.run_id]}
-                        for r in runs},
-            "per_step": [{"step": s, "mean_loss": t["mean"], "p": t["p"]} for s, t in tests]}, []
+    return {"reported_step": where, "target_loss": track.target_loss, "alpha": track.alpha, "loss": test,
+            "time_s": mean_interval([v["train_time_s"] for v in at.values()]),
+            "per_run": {rid: {"step": v["step"], "loss": v["loss"], "train_time_s": v["train_time_s"],
+                              "tokens": v["tokens"], "first_at_target_s": first_crossing[rid]}
+                        for rid, v in at.items()},
+            "per_step": [{"step": w, "mean_loss": t["mean"], "p": t["p"]} for w, t, _ in points]}, []
 
 
 def _representation_statistics(track: Track, runs: list[Run], evals: list[dict], per_run: dict):
@@ -509,7 +519,7 @@ def _representation_statistics(track: Track, runs: list[Run], evals: list[dict],
             label = f"{task}" + (f"/{split}" if split else "")
             if len(model) != 1:
                 out.append(Violation("evaluation", run.run_id, f"needs exactly one full-task, final-layer "
-                                                               f"`evaluate.py probe --task {task}` result of its final "
+                                                               f"`probe.py --task {task}` result of its final "
                                                                f"checkpoint (sha256 {str(sha)[:12]}…), found "
                                                                f"{len(model)}"))
                 continue
@@ -529,9 +539,10 @@ def _representation_statistics(track: Track, runs: list[Run], evals: list[dict],
 # Building, writing and verifying a record folder
 
 def record_config(runs: list[Run]) -> dict:
-    """The runs' shared config as a YAML-able dict: seed, run paths, integrations and resolved aliases left out."""
-    dropped = set(BOOKKEEPING_KEYS) - {"data_dir"} | set(ALIAS_KEYS)
-    return {k: v for k, v in runs[0].config.items() if k not in dropped}
+    """The runs' shared config as a YAML-able dict: seed, run paths and integrations left out, and keys removed
+    since the runs (config.REMOVED) left out where they held their no-op value, so today's train.py reads it."""
+    dropped = set(BOOKKEEPING_KEYS) - {"data_dir"}
+    return {k: v for k, v in config.without_removed(runs[0].config).items() if k not in dropped}
 
 
 def render_yaml(record: dict) -> str:
@@ -565,12 +576,18 @@ def _fmt_s(seconds: float) -> str:
     return f"{seconds:,.1f} s" + (f" ({seconds / 60:.1f} min)" if seconds >= 120 else "")
 
 
+def _where(statistics: dict) -> str:
+    """Where a time record compares its runs: a common step, or each run's final validation (time budget)."""
+    step = statistics["reported_step"]
+    return f"step {step}" if step != "final" else "each run's final validation (time budget; after its cooldown)"
+
+
 def headline(record: dict) -> str:
     st = record["statistics"]
     if record["rules"]["kind"] == "time":
         t, loss = st["time_s"], st["loss"]
         return (f"**{_fmt_s(t['mean'])} to validation loss < {st['target_loss']}** (mean of {t['n']} runs, 95% "
-                f"interval {t['low']:,.1f}–{t['high']:,.1f} s), at step {st['reported_step']}, where the runs' mean "
+                f"interval {t['low']:,.1f}–{t['high']:,.1f} s), at {_where(st)}, where the runs' mean "
                 f"validation loss {loss['mean']:.4f} is below the target with p = {loss['p']:.2g} (one-sided t-test; "
                 f"the track requires p < {st['alpha']})")
     sc = st["score"]
@@ -598,7 +615,7 @@ def render_readme(record: dict) -> str:
               f"| repeat a run | `python train.py --yaml_path records/{folder}/config.yaml --seed SEED` |",
               f"| check this record | `python records.py verify records/{folder}` |", "", "## Runs", ""]
     if rules["kind"] == "time":
-        lines += [f"| run | seed | val loss at step {st['reported_step']} | training clock there | first validation "
+        lines += [f"| run | seed | val loss at {_where(st)} | training clock there | first validation "
                   f"≤ target | final val loss | load avg before → after | CPU/wall |",
                   "|---|---|---|---|---|---|---|---|"]
         for r in record["runs"]:
@@ -799,13 +816,6 @@ def render_tracks() -> str:
     return "\n".join(lines) + "\n"
 
 
-def replace_between(text: str, start: str, end: str, body: str, where: str) -> str:
-    i, j = text.find(start), text.find(end)
-    if i < 0 or j < i:
-        raise ValueError(f"{where}: needs the markers {start} and {end}")
-    return text[:i + len(start)] + "\n" + body + text[j:]
-
-
 def table(records_dir=ROOT / "records", readme=ROOT / "README.md", docs=ROOT / "docs" / "TRAINING.md") -> list[dict]:
     """Verify every record under records_dir, then rewrite the README's leaderboard and the docs' track table."""
     records_dir = Path(records_dir)
@@ -813,7 +823,7 @@ def table(records_dir=ROOT / "records", readme=ROOT / "README.md", docs=ROOT / "
     records = [verify(folder) for folder in folders]
     for path, start, end, body in ((Path(readme), RECORDS_START, RECORDS_END, render_table(records)),
                                    (Path(docs), TRACKS_START, TRACKS_END, render_tracks())):
-        path.write_text(replace_between(path.read_text(), start, end, body, str(path)))
+        path.write_text(config.replace_between(path.read_text(), start, end, body, str(path)))
     return records
 
 
@@ -825,7 +835,7 @@ def main(argv=None) -> int:
     sub.add_argument("--track", required=True, choices=list(TRACKS))
     sub.add_argument("--name", required=True, help="short name: lower-case letters, digits, '_' or '-'")
     sub.add_argument("--notes", default="", help="what changed and why (goes into the README)")
-    sub.add_argument("--evals", nargs="*", default=[], help="representation track: evaluate.py probe --output JSONs")
+    sub.add_argument("--evals", nargs="*", default=[], help="representation track: probe.py --output JSONs")
     sub.add_argument("--records_dir", default=str(ROOT / "records"))
     sub.add_argument("--date", help="YYYY-MM-DD (default today)")
     ver = verbs.add_parser("verify", help="re-check a stored record from its files alone")

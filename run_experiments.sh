@@ -55,7 +55,7 @@ fi
 # The log_dir a YAML resolves to (its own value or the default), via train.py's own parser; empty when the YAML
 # does not parse (that run then fails with train.py's message in its .out file, and has no summary).
 log_dir_of() {
-    "$PYTHON" -c 'import sys, train; print(train.parse_config(["--yaml_path", sys.argv[1]])[0].log_dir)' "$1" \
+    "$PYTHON" -c 'import sys, train; print(train.parse_config(["--yaml_path", sys.argv[1]])[0].run.log_dir)' "$1" \
         2>/dev/null
 }
 

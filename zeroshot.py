@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 import vocab
+from fasta import read_fasta
 
 METHODS = ("masked_marginal", "wt_marginal")
 SUBSTITUTION = re.compile(r"([A-Z])(\d+)([A-Z])")
@@ -160,18 +161,16 @@ class Assay:
 
 def read_assay(dms_dir, name: str) -> Assay:
     """fasta/<name>.fasta and mutants/<name>.csv, every row checked (errors name the assay, file and row)."""
-    from evaluate import read_fasta
-
     dms_dir = Path(dms_dir)
     fasta, table = dms_dir / "fasta" / f"{name}.fasta", dms_dir / "mutants" / f"{name}.csv"
     for path in (fasta, table):
         if not path.is_file():
             raise FileNotFoundError(f"assay {name}: {path} not found")
-    records = read_fasta(fasta)
+    records = list(read_fasta(fasta))
     if len(records) != 1:
         raise MutationError(f"assay {name}: {fasta} must hold exactly one record (the wild type), has "
                             f"{len(records)}")
-    wild_type = records[0][1].upper()
+    wild_type = records[0].residues.upper()
     mutants, scores = [], []
     with open(table, newline="") as f:
         reader = csv.DictReader(f)

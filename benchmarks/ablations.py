@@ -14,9 +14,9 @@ off costs that factor of training time (the idea helps); < 1: the run is faster 
 another seed of the full recipe is the noise. Shorter budgets than the main comparison: effects that only appear
 later in training are not seen here.
 
-Seeds and masks: train.py draws its validation masks with the run's seed, so a seed-1 run is validated on other
-mask positions than seed 0. The mask part of that noise is measured separately: the seed-0 final checkpoint scored
-on seed-1 masks (harness.checkpoint_loss), and the seed-1 final checkpoint scored on the seed-0 masks.
+Seeds and masks: every run is validated on the same masks (harness.VAL_MASK_SEED), so the seed-to-seed difference
+is model noise. How much a different draw of masks would move the loss is measured separately: the seed-0 final
+checkpoint scored on seed-1 masks (harness.checkpoint_loss), and the seed-1 final checkpoint on the seed-0 masks.
 """
 import argparse
 import json

@@ -7,7 +7,7 @@ A row of length T is filled with real Swiss-Prot sequences (sp50_train, in a see
 --max_length tokens as in training; median ~330 tokens) while they fit; the few tokens left are padding.
 For each T we time one attention layer, forward + backward, on random q, k, v of shape (1, T, H, Dh):
 
-  model path     model.py's own: `DocumentMask(seq_ids, 0, "sdpa")` (built once per batch) + `sdpa_attention_packed`,
+  model path     model.py's own: `DocumentMask(seq_ids, "sdpa")` (built once per batch) + `sdpa_attention_packed`,
                  which gathers each sequence into a length bucket, so the work is Σ L_i·P_i (P_i = L_i rounded up to
                  a multiple of 64), independent of T for a given mix of lengths;
   dense + mask   SDPA over the whole row with the document mask as a dense (T, T) boolean mask: the same outputs
@@ -33,6 +33,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness  # noqa: E402
 from model import DocumentMask, sdpa_attention_packed  # noqa: E402
+from validation import shard_sequences  # noqa: E402
 
 
 def log(*a):
@@ -89,7 +90,7 @@ def main(argv=None):
 
     # Real sequence lengths (with <cls>/<eos>) from the training data; the smoke data holds its first 3,000.
     data_dir, _ = harness.prepare_data(512, 8, smoke=args.smoke, log=log)
-    lengths = np.array([len(s) for s in harness.load_sequences(data_dir, harness.DATA_NAME, "train")])
+    lengths = np.array([len(s) for s in shard_sequences(data_dir, harness.DATA_NAME, "train")])
     cropped = np.minimum(lengths, args.max_length)
     log(f"sequence lengths (tokens, cropped to {args.max_length}): median {np.median(cropped):.0f}, "
         f"mean {cropped.mean():.0f}, token-weighted mean {(cropped ** 2).sum() / cropped.sum():.0f}")
@@ -108,7 +109,7 @@ def main(argv=None):
         q, k, v = (torch.randn(1, T, H, Dh, requires_grad=True) for _ in range(3))
 
         def model_path(q, k, v):
-            mask = DocumentMask(seq_ids, 0, "sdpa")  # built per batch in the model; counted here
+            mask = DocumentMask(seq_ids, "sdpa")  # built per batch in the model; counted here
             return sdpa_attention_packed(q, k, v, mask, 0.0)
 
         dense_mask = (seq_ids[0][:, None] == seq_ids[0][None, :]) & (seq_ids[0][:, None] >= 0)  # (T, T)

@@ -13,7 +13,6 @@ Converts the first sequences of ../shared/data/swissprot2014_sp50/sp50_train.fas
 The machine's load average is printed: on a shared CPU the figures are lower bounds.
 """
 import argparse
-import gzip
 import os
 import sys
 import tempfile
@@ -24,6 +23,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import dataloader as dl  # noqa: E402
+from fasta import read_fasta  # noqa: E402
 from shards import write_shard  # noqa: E402
 from vocab import encode_with_specials  # noqa: E402
 
@@ -33,27 +33,9 @@ from harness import machine_info, machine_line  # noqa: E402
 FASTA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "swissprot2014_sp50" / "sp50_train.fasta.gz"
 
 
-def read_fasta(path: Path, n_sequences: int) -> list[str]:
-    """The first n_sequences sequences of a gzipped FASTA file."""
-    sequences, current = [], []
-    with gzip.open(path, "rt") as f:
-        for line in f:
-            if line.startswith(">"):
-                if current:
-                    sequences.append("".join(current))
-                    current = []
-                    if len(sequences) == n_sequences:
-                        return sequences
-            else:
-                current.append(line.strip())
-    if current:
-        sequences.append("".join(current))
-    return sequences
-
-
 def write_benchmark_shard(directory: Path, n_sequences: int) -> int:
     """bench_train_000000.bin from real sequences; returns its token count."""
-    body = np.concatenate([encode_with_specials(s) for s in read_fasta(FASTA, n_sequences)])
+    body = np.concatenate([encode_with_specials(r.residues) for r in read_fasta(FASTA, limit=n_sequences)])
     write_shard(directory / "bench_train_000000.bin", body)
     return body.size
 
@@ -80,7 +62,7 @@ def time_stages(directory: Path, args, masking: dl.MaskingConfig) -> None:
         part = pieces.take(slice(np.searchsorted(rows, first), np.searchsorted(rows, first + args.rows_per_micro)))
         row_tokens, seq_ids = dl.fill_rows(part, first, args.rows_per_micro, args.row_length, plan.shard_tokens)
         t5 = time.perf_counter()
-        dl.mask_rows(row_tokens, seq_ids, first, 0, masking.mask_rate_at(0), masking)
+        dl.mask_rows(row_tokens, seq_ids, first, 0, masking.mask_rate, masking)
         t6 = time.perf_counter()
         fill_s, mask_s = fill_s + t5 - t4, mask_s + t6 - t5
     plan_s = t3 - t0
@@ -97,9 +79,10 @@ def time_stages(directory: Path, args, masking: dl.MaskingConfig) -> None:
 
 def time_loader(directory: Path, args, masking: dl.MaskingConfig, num_workers: int) -> dict:
     """Micro-batches per second out of a TrainLoader (first batch, i.e. worker start-up, not timed)."""
-    loader = dl.TrainLoader(directory, "bench", batch_size=args.rows_per_micro * args.row_length,
-                            row_length=args.row_length, max_length=args.max_length, grad_accum=1, world_size=1,
-                            rank=0, seed=0, masking=masking, num_workers=num_workers)
+    config = dl.DataConfig(data_dir=str(directory), data_name="bench", batch_size=args.rows_per_micro * args.row_length,
+                           row_length=args.row_length, max_length=args.max_length, num_workers=num_workers,
+                           mask_rate=masking.mask_rate, bert_corruption=masking.bert_corruption)
+    loader = dl.TrainLoader(config, seed=0)
     stream = iter(loader)
     next(stream)
     start_stats = loader.stats()

@@ -18,7 +18,6 @@ ratios are against HF measured in the same run.
     python benchmarks/bench_model.py --smoke         # a few seconds: CI checks that it runs
 """
 import argparse
-import gzip
 import os
 import statistics
 import sys
@@ -30,30 +29,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness  # noqa: E402  (also puts the repository root on sys.path)
+from fasta import read_fasta  # noqa: E402
 from model import PLM, ModelConfig, esm2_config  # noqa: E402
 from vocab import CLS, EOS, MASK, PAD, VOCAB_SIZE, encode_with_specials  # noqa: E402
 
 ESM2_8M = dict(hidden_size=320, num_attention_heads=20, num_hidden_layers=6)  # facebook/esm2_t6_8M_UR50D
 SPEEDRUN_8M = dict(hidden_size=320, num_attention_heads=5, num_hidden_layers=6, expansion_ratio=4.0,
                    value_embeddings=2)
-
-
-def read_sequences(path: Path, limit: int) -> list[str]:
-    """The first `limit` sequences of a gzipped FASTA file."""
-    out, parts = [], []
-    with gzip.open(path, "rt") as f:
-        for line in f:
-            if line.startswith(">"):
-                if parts:
-                    out.append("".join(parts))
-                    parts = []
-                    if len(out) == limit:
-                        return out
-            else:
-                parts.append(line.strip())
-    if parts:
-        out.append("".join(parts))
-    return out
 
 
 def make_steps(sequences: list[str], n_steps: int, rows: int, row_length: int, max_length: int,
@@ -165,7 +147,7 @@ def main():
 
     info = harness.machine_info()
     print(harness.machine_line(info), flush=True)
-    sequences = read_sequences(harness.TRAIN_FASTA, limit=2000 if args.smoke else 20000)
+    sequences = [r.residues for r in read_fasta(harness.TRAIN_FASTA, limit=2000 if args.smoke else 20000)]
     n_batches = args.steps + args.warmup
     steps = make_steps(sequences, n_batches, args.rows, args.row_length, args.max_length, args.seed)
     runners = [Runner("HF EsmForMaskedLM (sdpa, padded)", hf_esm2_8m(), hf=True),

@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import dataloader  # noqa: E402  (after the sys.path lines: benchmarks run from any directory)
 import optim  # noqa: E402
+import runlog  # noqa: E402
 import train  # noqa: E402
 from gpu_plan import PRIOR_ART_TOKENS_PER_S  # noqa: E402
 from model import PLM, ModelConfig  # noqa: E402
@@ -121,13 +122,13 @@ def check_newton_schulz(device: torch.device) -> Check:
     g = torch.Generator().manual_seed(2)
     shape = (768, 2048) if device.type == "cuda" else (128, 384)
     G = torch.randn(4, *shape, generator=g).to(device)
-    fp32 = optim.newton_schulz(G, 5, "quintic", dtype=torch.float32)
+    fp32 = optim.newton_schulz(G, 5, dtype=torch.float32)
     if device.type == "cuda":
         muon = optim.Muon([torch.nn.Parameter(torch.zeros(shape, device=device))])
-        bf16 = muon._orthogonalise(G, 5, "quintic")  # the compiled bf16 path the optimiser takes
+        bf16 = muon._orthogonalise(G, 5)  # the compiled bf16 path the optimiser takes
         where = "compiled on cuda"
     else:
-        bf16 = optim.newton_schulz(G, 5, "quintic", dtype=torch.bfloat16)
+        bf16 = optim.newton_schulz(G, 5, dtype=torch.bfloat16)
         where = "on cpu"
     err = relative_error(bf16, fp32)
     ok = bf16.dtype == torch.bfloat16 and err < 0.05 and bool(torch.isfinite(bf16).all())
@@ -153,17 +154,17 @@ def check_collectives(device: torch.device, rank: int, world: int) -> Check:
 
 
 def check_loader(cfg: train.Config, device: torch.device, rank: int, world: int) -> tuple[Check, dict | None]:
+    data = cfg.data
     try:
-        find_shards(cfg.data_dir, cfg.data_name, "train")
-        data_dir, data_name, where = cfg.data_dir, cfg.data_name, f"{cfg.data_dir}/{cfg.data_name}"
+        find_shards(data.data_dir, data.data_name, "train")
+        where = f"{data.data_dir}/{data.data_name}"
     except FileNotFoundError:
-        data_dir, data_name, where = ROOT / "data" / "demo", "demo", "data/demo (the YAML's data is not here)"
-    workers = cfg.num_workers if device.type == "cuda" else 0
-    masking = dataloader.MaskingConfig(mask_rate=cfg.mask_rate)
-    loader = dataloader.TrainLoader(data_dir, data_name, batch_size=cfg.batch_size, row_length=cfg.row_length,
-                                    max_length=min(cfg.max_length, cfg.row_length), grad_accum=cfg.grad_accum,
-                                    world_size=world, rank=rank, seed=cfg.seed, masking=masking,
-                                    num_workers=workers, prefetch_factor=cfg.prefetch_factor,
+        data = dataclasses.replace(data, data_dir=str(ROOT / "data" / "demo"), data_name="demo")
+        where = "data/demo (the YAML's data is not here)"
+    if device.type != "cuda":
+        data = dataclasses.replace(data, num_workers=0)
+    workers = data.num_workers
+    loader = dataloader.TrainLoader(data, seed=cfg.run.seed, world_size=world, rank=rank,
                                     pin_memory=device.type == "cuda")
     stream = iter(loader)
     _, _, first = next(stream)  # start-up (worker processes) is not counted
@@ -182,9 +183,9 @@ def check_loader(cfg: train.Config, device: torch.device, rank: int, world: int)
 def check_step(cfg: train.Config, device: torch.device, batch: dict | None, world: int, distributed: bool) -> Check:
     on_gpu = device.type == "cuda"
     if batch is None:  # the loader check failed: random packed rows of the micro-batch's shape
-        rows = cfg.batch_size // cfg.row_length // (world * cfg.grad_accum)
-        batch = dict(zip(("input_ids", "seq_ids", "labels"), packed_rows(rows, cfg.row_length, seed=3)))
-    model_config = train.model_config(cfg)
+        rows = cfg.data.rows_per_micro(world)
+        batch = dict(zip(("input_ids", "seq_ids", "labels"), packed_rows(rows, cfg.data.row_length, seed=3)))
+    model_config = cfg.model
     if not on_gpu:  # the CPU form: a small model, eager (the default model's step takes minutes on a CPU)
         model_config = dataclasses.replace(model_config, hidden_size=64, num_attention_heads=2, num_hidden_layers=2,
                                            value_embeddings=1)
@@ -193,7 +194,7 @@ def check_step(cfg: train.Config, device: torch.device, batch: dict | None, worl
     raw.init_weights()
     raw.to(device)
     model, _ = train.compile_and_wrap(raw, device, compile_model=on_gpu, distributed=distributed)
-    optimizers = optim.build_optimizers(raw.parameter_groups(), recipe=cfg.recipe, all_params=raw.parameters(),
+    optimizers = optim.build_optimizers(raw.parameter_groups(), cfg.optim, all_params=raw.parameters(),
                                         fused=True if on_gpu else None)
     if not on_gpu:  # the CPU form: one row, cropped
         batch = {key: value[:1, :4096] for key, value in batch.items()}
@@ -228,8 +229,8 @@ def check_step(cfg: train.Config, device: torch.device, batch: dict | None, worl
     seconds = (time.perf_counter() - start) / timed
     tokens = int((batch["seq_ids"] >= 0).sum())
     rate = tokens / seconds
-    flops = raw.flops_per_token(train.attended_length([{k: v.cpu() for k, v in batch.items()}]))
-    peak = train.peak_flops(device)
+    flops = raw.flops_per_token(runlog.attended_length([{k: v.cpu() for k, v in batch.items()}]))
+    peak = runlog.peak_flops(device)
     mfu = f"MFU {100 * rate * flops / peak:.1f}%" if peak else "MFU n/a (unknown peak)"
     ok = all(math.isfinite(loss) for loss in losses)
     shape = f"{tuple(batch['input_ids'].shape)}"
@@ -274,7 +275,7 @@ def run(argv: list[str]) -> int:
     say = print if rank == 0 else (lambda *a, **k: None)
     say(f"gpu_check: torch {torch.__version__}, CUDA {torch.version.cuda}, "
         f"{torch.cuda.get_device_name(device) if device.type == 'cuda' else 'no GPU: the reduced CPU form'}, "
-        f"{world} rank(s); config {cfg.log_name or 'defaults'}")
+        f"{world} rank(s); config {cfg.run.log_name or 'defaults'}")
     checks = []
     batch = None
     for name, fn in (("flex_vs_sdpa", lambda: check_flex_vs_sdpa(device)),

@@ -4,7 +4,7 @@
     python benchmarks/gpu_plan.py --yaml_path example_yamls/default.yaml --world_size 4 --row_length 8192
 
 Any train.py key may follow (train.py's own parser reads them). Own options: --world_size (GPUs), --gpu (a key of
-train.PEAK_FLOPS), --bus_gbps (NCCL bus bandwidth assumed for the communication times), --attended_length (skip
+runlog.PEAK_FLOPS), --bus_gbps (NCCL bus bandwidth assumed for the communication times), --attended_length (skip
 the data scan).
 
 Nothing here runs the model for real or needs a GPU:
@@ -42,9 +42,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import model as M  # noqa: E402  (after the sys.path line: benchmarks run from any directory)
+import runlog  # noqa: E402
 import train  # noqa: E402
-from shards import read_shard  # noqa: E402
-from vocab import CLS  # noqa: E402
+from dataloader import DataConfig  # noqa: E402
+from fasta import read_fasta  # noqa: E402
+from validation import shard_sequences  # noqa: E402
 
 # SpeedrunningPLMs README throughput table, default 133M model on 1×H100 SXM5 (Lambda): 275,900 tokens/s
 # (../shared/notes/prior_art_speedrunningplms.md §7).
@@ -186,30 +188,14 @@ def trace_step(model_config: M.ModelConfig, rows: int, row_length: int, *, gpu: 
 # The other numbers
 
 
-def attended_length(cfg: train.Config) -> tuple[float, str]:
+def attended_length(cfg: DataConfig) -> tuple[float, str]:
     """Σ L² / Σ L of the sequences the run validates on (cropped to max_length), and where the lengths came from."""
     paths = sorted(Path(cfg.data_dir).glob(f"{cfg.data_name}_valid_*.bin"))
     if paths:
-        lengths = []
-        for path in paths:
-            body = read_shard(path, mmap=False)
-            starts = np.flatnonzero(body == CLS)
-            lengths.append(np.diff(np.append(starts, body.size)))
+        lengths = np.array([t.size for t in shard_sequences(cfg.data_dir, cfg.data_name, "valid")])
         source = f"{len(paths)} validation shard(s) of {cfg.data_dir}/{cfg.data_name}"
-        lengths = np.concatenate(lengths)
     elif PROXY_FASTA.is_file():
-        import gzip
-        lengths, residues = [], 0
-        with gzip.open(PROXY_FASTA, "rt") as f:
-            for line in f:
-                if line.startswith(">"):
-                    if residues:
-                        lengths.append(residues + 2)  # <cls> residues <eos>
-                    residues = 0
-                else:
-                    residues += len(line.strip())
-        lengths.append(residues + 2)
-        lengths = np.array(lengths)
+        lengths = np.array([len(record.residues) + 2 for record in read_fasta(PROXY_FASTA)])  # <cls> … <eos>
         source = f"PROXY: {cfg.data_dir} has no validation shards here; lengths of {PROXY_FASTA.name}"
     else:
         return float(cfg.max_length), "no data found: max_length (an upper bound)"
@@ -233,7 +219,7 @@ def muon_gather_bytes(hidden: list[torch.Tensor], world: int) -> int:
 def plan(argv: list[str]) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], add_help=True)
     parser.add_argument("--world_size", type=int, default=8, help="GPUs (data-parallel ranks)")
-    parser.add_argument("--gpu", default="H100", choices=sorted(train.PEAK_FLOPS), help="for the MFU")
+    parser.add_argument("--gpu", default="H100", choices=sorted(runlog.PEAK_FLOPS), help="for the MFU")
     parser.add_argument("--bus_gbps", type=float, default=360.0,
                         help="NCCL bus bandwidth in GB/s for the communication times (360: a conservative figure "
                              "for 8×H100 SXM over NVLink; measure yours with nccl-tests)")
@@ -241,33 +227,32 @@ def plan(argv: list[str]) -> dict:
     own, rest = parser.parse_known_args(argv)
     cfg, _ = train.parse_config(rest)
     W = own.world_size
-    rows_per_step = cfg.batch_size // cfg.row_length
-    if rows_per_step % (W * cfg.grad_accum):
-        raise train.ConfigError(f"batch_size {cfg.batch_size} = {rows_per_step} rows of {cfg.row_length} does not "
-                                f"split over {W} GPUs × grad_accum {cfg.grad_accum}")
-    rows = rows_per_step // (W * cfg.grad_accum)
-    mcfg = train.model_config(cfg)
+    try:
+        rows = cfg.data.rows_per_micro(W)
+    except ValueError as e:
+        raise train.ConfigError(str(e)) from None
+    mcfg = cfg.model
 
     with FakeTensorMode():
         shapes = M.PLM(mcfg)
         groups = {name: [p for p in ps] for name, ps in shapes.parameter_groups().items()}
         n_params = shapes.num_parameters()
         n_non_embedding = shapes.num_parameters(non_embedding=True)
-    muon = cfg.recipe == "speedrun"
+    muon = cfg.optim.recipe == "speedrun"
     n_hidden = sum(p.numel() for p in groups["hidden"]) if muon else 0
     n_adam = n_params - n_hidden
 
     if own.attended_length is not None:
         S, source = own.attended_length, "--attended_length"
     else:
-        S, source = attended_length(cfg)
+        S, source = attended_length(cfg.data)
     flops_per_token = shapes.flops_per_token(S)
 
-    trace = trace_step(mcfg, rows, cfg.row_length)
+    trace = trace_step(mcfg, rows, cfg.data.row_length)
     # FlopCounterMode saw the matmuls of every position (attention stood in): compare per position with the
     # formula's non-attention part (which counts the embedding lookup as a matmul, as Hoffmann et al. do).
     D, V, L = mcfg.hidden_size, mcfg.vocab_size, mcfg.num_hidden_layers
-    attention = 3 * L * 4 * min(S, 2 * mcfg.sliding_window - 1 if mcfg.sliding_window else S) * D
+    attention = 3 * L * 4 * S * D
     counted_per_position = trace.matmul_flops / trace.positions
     formula_matmuls = flops_per_token - attention - 3 * 2 * V * D
 
@@ -278,11 +263,12 @@ def plan(argv: list[str]) -> dict:
     all_reduce = ring_bytes("all_reduce", 4 * n_params, W)
     all_gather = ring_bytes("all_gather", gathered, W)
     bus = own.bus_gbps * 1e9
-    peak = train.PEAK_FLOPS[own.gpu]
-    tokens_per_gpu_step = rows * cfg.row_length * cfg.grad_accum
+    peak = runlog.PEAK_FLOPS[own.gpu]
+    tokens_per_gpu_step = rows * cfg.data.row_length * cfg.data.grad_accum
     needed_mfu = PRIOR_ART_TOKENS_PER_S * flops_per_token / peak
     return dict(
-        config=cfg, world_size=W, gpu=own.gpu, rows=rows, row_length=cfg.row_length, grad_accum=cfg.grad_accum,
+        config=cfg, world_size=W, gpu=own.gpu, rows=rows, row_length=cfg.data.row_length,
+        grad_accum=cfg.data.grad_accum,
         n_params=n_params, n_non_embedding=n_non_embedding, n_hidden=n_hidden, n_adam=n_adam,
         attended_length=S, attended_length_source=source, flops_per_token=flops_per_token,
         attention_flops_per_token=attention, counted_matmul_flops_per_position=counted_per_position,
@@ -301,7 +287,7 @@ def report(r: dict) -> str:
     gib = lambda b: f"{b / GIB:.2f} GiB"  # noqa: E731
     lines = [
         f"run: {r['world_size']} × {r['gpu']}, {r['rows']} rows × {r['row_length']:,} tokens per micro-batch per GPU"
-        f" × grad_accum {r['grad_accum']} ({cfg.batch_size:,} tokens per step)",
+        f" × grad_accum {r['grad_accum']} ({cfg.data.batch_size:,} tokens per step)",
         f"parameters: {r['n_params']:,} ({r['n_non_embedding']:,} non-embedding); Muon {r['n_hidden']:,}, "
         f"Adam {r['n_adam']:,}",
         f"attended length Σ L²/Σ L: {r['attended_length']:.1f} tokens ({r['attended_length_source']})",
@@ -321,7 +307,7 @@ def report(r: dict) -> str:
         f"({r['all_reduce_ms']:.2f} ms at the assumed bus bandwidth, overlapped with the backward) + Muon bf16 "
         f"all-gather {r['all_gather_bytes'] / 1e6:,.0f} MB ({r['all_gather_ms']:.2f} ms)",
         f"to beat the prior art's {PRIOR_ART_TOKENS_PER_S / 1e3:.1f}k tokens/s per H100: MFU > "
-        f"{100 * r['needed_mfu']:.1f}% on {r['gpu']} (bf16 dense peak {train.PEAK_FLOPS[r['gpu']] / 1e12:.0f} "
+        f"{100 * r['needed_mfu']:.1f}% on {r['gpu']} (bf16 dense peak {runlog.PEAK_FLOPS[r['gpu']] / 1e12:.0f} "
         f"TFLOP/s), i.e. a step in < {r['step_ms_at_prior_art']:.0f} ms",
     ]
     return "\n".join(lines)

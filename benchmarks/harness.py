@@ -5,16 +5,18 @@ Every recipe the benchmarks compare is scored by the same protocol, defined once
     validation set  the first `n_val` sequences of sp50_valid.fasta.gz, each `<cls> residues <eos>` with the
                     residues truncated to `max_length - 2` (the ESM benchmark's truncation), written as the
                     `valid` shard of the benchmark's data folder, so train.py's own validation reads them too;
-    masks           `validation.fixed_mask(tokens, VAL_MASK_RATE, seed)`: 15% of residues, `<mask>` only, the same
-                    positions for every model. train.py passes its run `seed` as the mask seed, so runs compared on
-                    one curve share one seed (see the caveat on seeds in docs/RESULTS.md);
-    metric          summed cross-entropy over the masked positions / number of masked positions.
+    masks           `validation.mask_sequence(tokens, VAL_MASK_RATE, seed)`: 15% of residues, `<mask>` only, the
+                    same positions for every model. Every run, train.py's and the reference's, uses VAL_MASK_SEED
+                    (train.py's `val_mask_seed`), whatever its training seed;
+    metric          `validation.mlm_metrics`: summed cross-entropy over the masked positions / their number. train.py
+                    reads the set as packed rows, the HF reference (hf_reference.py) and `checkpoint_loss` as
+                    `validation_batches`: one sequence per row, padded.
 
 Training runs are separate processes (train.py, or hf_reference.py for the Hugging Face baseline), each writing a
 JSON record with `val` = list of {step, tokens, train_time_s, loss}; this module reads those records back.
 """
+import contextlib
 import csv
-import gzip
 import json
 import math
 import os
@@ -30,8 +32,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import shards  # noqa: E402  (after the sys.path line: benchmarks run from any directory)
-from validation import fixed_mask  # noqa: E402
-from vocab import CLS, EOS, MASK, PAD, encode  # noqa: E402
+import validation  # noqa: E402
+from fasta import read_fasta  # noqa: E402
+from vocab import CLS, EOS, encode  # noqa: E402
 
 SHARED_DATA = ROOT.parent / "shared" / "data" / "swissprot2014_sp50"
 TRAIN_FASTA = SHARED_DATA / "sp50_train.fasta.gz"
@@ -41,6 +44,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 DATA_NAME = "sp50"
 
 VAL_MASK_RATE = 0.15
+VAL_MASK_SEED = 0  # the validation masks of every benchmark run (train.py's val_mask_seed default)
 # Every training process gets one thread (one core). On this shared 2-core machine, two torch threads slow down
 # 5-10x as soon as any other process wants a core (the threads wait for each other), so one thread per run is
 # what makes timings repeatable; it is the same for every recipe.
@@ -96,31 +100,11 @@ def machine_line(info: dict) -> str:
 
 
 # ---------------------------------------------------------------- data
-def read_fasta(path, limit=None):
-    """Yield the sequences of a (gzipped) FASTA file in file order, at most `limit` of them."""
-    opener = gzip.open if str(path).endswith(".gz") else open
-    n, parts = 0, []
-    with opener(path, "rt") as f:
-        for line in f:
-            line = line.strip()
-            if line.startswith(">"):
-                if parts:
-                    yield "".join(parts)
-                    n += 1
-                    if limit is not None and n >= limit:
-                        return
-                parts = []
-            elif line:
-                parts.append(line)
-    if parts and (limit is None or n < limit):
-        yield "".join(parts)
-
-
 def validation_tokens(n_val: int, max_length: int) -> np.ndarray:
     """The validation shard's body: the first n_val valid sequences, residues truncated to max_length - 2."""
     rows = []
-    for seq in read_fasta(VALID_FASTA, limit=n_val):
-        ids, _ = encode(seq[: max_length - 2])
+    for record in read_fasta(VALID_FASTA, limit=n_val):
+        ids, _ = encode(record.residues[: max_length - 2])
         rows.append(np.concatenate([[CLS], ids, [EOS]]).astype(np.uint8))
     return np.concatenate(rows)
 
@@ -140,8 +124,8 @@ def prepare_data(max_length: int, n_val: int, smoke: bool = False, log=print) ->
         if smoke:  # a small plain FASTA of the first sequences; the converter is the same
             fasta = train_dir / "smoke_train.fasta"
             with open(fasta, "w") as f:
-                for i, seq in enumerate(read_fasta(TRAIN_FASTA, limit=3000)):
-                    f.write(f">s{i}\n{seq}\n")
+                for record in read_fasta(TRAIN_FASTA, limit=3000):
+                    f.write(f">{record.header}\n{record.residues}\n")
         log(f"tokenizing {fasta} into {train_dir} (once; cached)")
         t0 = time.perf_counter()
         subprocess.run([sys.executable, str(ROOT / "data" / "tokenize_fasta.py"), str(fasta),
@@ -163,73 +147,17 @@ def prepare_data(max_length: int, n_val: int, smoke: bool = False, log=print) ->
     return data_dir, DATA_NAME
 
 
-def split_sequences(tokens: np.ndarray) -> list[np.ndarray]:
-    """A shard body (whole `<cls> … <eos>` sequences back to back) -> one array per sequence."""
-    starts = np.flatnonzero(tokens == CLS)
-    ends = np.append(starts[1:], tokens.size)
-    return [tokens[s:e] for s, e in zip(starts, ends)]
+# ---------------------------------------------------------------- the validation protocol (validation.py's)
+def validation_batches(data_dir, data_name: str, seed: int) -> list[dict]:
+    """This protocol's validation set (the valid shard `prepare_data` wrote) under the fixed masks of `seed`, one
+    sequence per row (`validation.padded_batches`): the layout the HF reference needs, read by our model too."""
+    sequences = validation.shard_sequences(data_dir, data_name, "valid")
+    return validation.padded_batches(sequences, mask_rate=VAL_MASK_RATE, seed=seed)
 
 
-def load_sequences(data_dir, name: str, split: str) -> list[np.ndarray]:
-    out = []
-    for path in shards.find_shards(data_dir, name, split):
-        out.extend(split_sequences(np.asarray(shards.read_shard(path, mmap=False))))
-    return out
-
-
-# ---------------------------------------------------------------- the validation protocol
-def masked_validation(seqs: list[np.ndarray], seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(input_ids, labels) per validation sequence under the fixed masks; labels are -100 off the mask."""
-    items = []
-    for tokens in seqs:
-        mask = fixed_mask(tokens, VAL_MASK_RATE, seed)
-        inputs = tokens.astype(np.int64)
-        labels = np.full(tokens.shape, -100, dtype=np.int64)
-        labels[mask] = inputs[mask]
-        inputs = inputs.copy()
-        inputs[mask] = MASK
-        items.append((inputs, labels))
-    return items
-
-
-def padded_batches(items, max_batch_tokens: int = 16384):
-    """Group validation items by length into padded batches of at most ~max_batch_tokens (order does not matter
-    for a summed loss). Yields (input_ids (B, T) int64, labels (B, T) int64, valid (B, T) bool)."""
-    import torch
-
-    def collate(batch):
-        t = max(len(items[j][0]) for j in batch)
-        ids = torch.full((len(batch), t), PAD, dtype=torch.long)
-        labels = torch.full((len(batch), t), -100, dtype=torch.long)
-        for r, j in enumerate(batch):
-            n = len(items[j][0])
-            ids[r, :n] = torch.from_numpy(items[j][0])
-            labels[r, :n] = torch.from_numpy(items[j][1])
-        return ids, labels, ids != PAD
-
-    batch = []
-    for i in sorted(range(len(items)), key=lambda i: len(items[i][0])):  # ascending: item i is the longest yet
-        if batch and len(items[i][0]) * (len(batch) + 1) > max_batch_tokens:
-            yield collate(batch)
-            batch = []
-        batch.append(i)
-    if batch:
-        yield collate(batch)
-
-
-def validation_loss(logits_fn, items, max_batch_tokens: int = 16384) -> float:
-    """Loss per masked token. logits_fn(input_ids (B, T), valid (B, T) bool) -> logits (B, T, vocab)."""
-    import torch
-    import torch.nn.functional as F
-
-    total, count = 0.0, 0
-    with torch.no_grad():
-        for ids, labels, valid in padded_batches(items, max_batch_tokens):
-            logits = logits_fn(ids, valid).float()
-            total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
-                                     ignore_index=-100, reduction="sum").item()
-            count += int((labels != -100).sum())
-    return total / count
+def validation_loss(logits_fn, batches: list[dict]) -> float:
+    """Loss per masked token on CPU in fp32. logits_fn(input_ids, seq_ids) -> (B, T, vocab) logits."""
+    return validation.mlm_metrics(logits_fn, batches, "cpu", contextlib.nullcontext())["loss"]
 
 
 # ---------------------------------------------------------------- time to loss
@@ -287,7 +215,7 @@ def train_py_command(tag: str, work: Path, data_dir, budget_s: float, eval_every
     cmd = [sys.executable, ROOT / "train.py", "--data_dir", data_dir, "--data_name", DATA_NAME,
            "--log_dir", work, "--save_dir", work / "checkpoints", "--log_name", tag, "--seed", seed,
            "--max_train_time_hours", budget_s / 3600, "--num_steps", 10 ** 9, "--eval_every", eval_every,
-           "--log_every", 25, "--val_mask_rate", VAL_MASK_RATE]
+           "--log_every", 25, "--val_mask_rate", VAL_MASK_RATE, "--val_mask_seed", VAL_MASK_SEED]
     for key, value in overrides.items():  # later keys win in train.py's parser
         cmd += [f"--{key}", str(value).lower() if isinstance(value, bool) else value]
     return cmd
@@ -335,16 +263,10 @@ def checkpoint_loss(ckpt: str, data_dir, seed: int) -> float:
     """A train.py checkpoint scored by this module's protocol (one sequence per row, padded batches, masks of
     `seed`): shows that train.py's packed validation and the reference's padded one measure the same thing, and
     scores runs of different seeds on the same masks."""
-    import torch
     import checkpoint
 
     model = checkpoint.load_model(ckpt).eval()
-    items = masked_validation(load_sequences(data_dir, DATA_NAME, "valid"), seed)
-
-    def logits_fn(ids, valid):
-        return model.logits(ids, torch.where(valid, 0, -1).to(torch.int32))
-
-    return validation_loss(logits_fn, items)
+    return validation_loss(model.logits, validation_batches(data_dir, DATA_NAME, seed))
 
 
 def write_csv(path: Path, rows: list[dict]):

@@ -16,7 +16,6 @@ record has the fields of train.py's JSON summary that the benchmarks read (`val`
     python benchmarks/hf_reference.py --data_dir D --data_name sp50 --budget_s 210 --lr 1e-3 --output run.json
 """
 import argparse
-import json
 import math
 import sys
 import time
@@ -27,6 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness  # noqa: E402  (also puts the repository root on sys.path)
+from validation import shard_sequences  # noqa: E402
 from vocab import CLS, EOS, MASK, PAD, STANDARD_AA_IDS, VOCAB_SIZE  # noqa: E402
 
 
@@ -120,15 +120,16 @@ def main(argv=None):
     n_params = sum(p.numel() for p in model.parameters())
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98), eps=1e-8, weight_decay=0.01)
 
-    train = PaddedBatches(harness.load_sequences(args.data_dir, args.data_name, "train"),
-                          args.batch_sequences, args.max_length, args.seed)
-    val_items = harness.masked_validation(harness.load_sequences(args.data_dir, args.data_name, "valid"),
-                                          args.val_mask_seed)
+    train = PaddedBatches(shard_sequences(args.data_dir, args.data_name, "train"), args.batch_sequences,
+                          args.max_length, args.seed)
+    val_batches = harness.validation_batches(args.data_dir, args.data_name, args.val_mask_seed)
+
+    def hf_logits(input_ids, seq_ids):  # the padded layout: seq_ids is -1 exactly on padding
+        return model(input_ids=input_ids, attention_mask=(seq_ids >= 0).long()).logits
 
     def validate():
         model.eval()
-        loss = harness.validation_loss(lambda ids, valid: model(input_ids=ids, attention_mask=valid.long()).logits,
-                                       val_items)
+        loss = harness.validation_loss(hf_logits, val_batches)
         model.train()
         return loss
 

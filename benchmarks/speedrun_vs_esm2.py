@@ -49,7 +49,7 @@ def run_reference(tag: str, args, data_dir, work: Path, budget_s: float, lr: flo
            "--num_hidden_layers", args.num_hidden_layers, "--num_attention_heads", args.num_attention_heads,
            "--max_length", args.max_length, "--batch_sequences", batch_sequences, "--lr", lr,
            "--warmup_fraction", warmup_fraction, "--budget_s", budget_s, "--eval_every_s", budget_s / n_evals,
-           "--seed", seed, "--val_mask_seed", seed, "--output", out]
+           "--seed", seed, "--val_mask_seed", harness.VAL_MASK_SEED, "--output", out]
     rc = harness.run_logged(cmd, work / f"{tag}.log", log)
     return harness.load_record(out, rc, tag)
 

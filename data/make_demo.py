@@ -12,14 +12,15 @@ per split), are checked with `tokenize_fasta.verify`, and land as `demo_{train,v
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: import data.tokenize_fasta
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: import fasta, data.*
 
 import argparse
 import tempfile
 
 import numpy as np
 
-from data.tokenize_fasta import Record, TokenizeError, read_fasta, tokenize_fasta, verify, write_json
+from data.tokenize_fasta import TokenizeError, tokenize_fasta, verify, write_json
+from fasta import FastaError, Record, read_fasta
 from shards import SPLITS
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -143,7 +144,7 @@ def main(argv=None) -> int:
             f" --{k} {v}" for k, v in vars(args).items() if k not in ("source_dir", "output_dir"))
         (output_dir / "SOURCE.md").write_text(
             source_md(manifest, {"train": train_counts, "held_out": held_counts}, args, command, sizes))
-    except (TokenizeError, OSError) as e:
+    except (TokenizeError, FastaError, OSError) as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 1
     print(f"wrote {output_dir}: " + ", ".join(f"{k} {v['sequences']}" for k, v in manifest["splits"].items()))

@@ -18,7 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a scri
 import argparse
 import tempfile
 
-from tokenize_fasta import TokenizeError, read_fasta, tokenize_fasta  # noqa: E402
+from fasta import FastaError, read_fasta  # noqa: E402
+from tokenize_fasta import TokenizeError, tokenize_fasta  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "data" / "swissprot2014_sp50"
@@ -40,9 +41,7 @@ def prepare(shared=SHARED, output_dir=ROOT / "data" / NAME, valid_sequences: int
     with tempfile.TemporaryDirectory() as tmp:
         subset = Path(tmp) / "sp50_valid_subset.fasta"
         with open(subset, "w") as f:
-            for i, record in enumerate(read_fasta(valid)):
-                if i == valid_sequences:
-                    break
+            for record in read_fasta(valid, limit=valid_sequences):
                 f.write(f">{record.header}\n{record.residues[:valid_residues]}\n")
         tokenize_fasta([train], output_dir, NAME, valid_inputs=[subset], progress=False)
     return output_dir
@@ -57,7 +56,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     try:
         out = prepare(args.shared, args.output_dir, args.valid_sequences, args.valid_residues)
-    except TokenizeError as e:
+    except (TokenizeError, FastaError) as e:
         sys.exit(f"prepare_swissprot.py: {e}")
     print(f"{out}/{NAME}_manifest.json")
     return 0

@@ -4,8 +4,8 @@
         [--valid_sequences N] [--test_sequences N] [--valid_fasta F ...] [--test_fasta F ...]
         [--shard_tokens N] [--min_length N] [--seed N] [--verify]
 
-Inputs are plain or gzipped FASTA (gzip is detected by its magic bytes, not the file name), with sequences on
-one line or many, any line endings and any letter case. They are streamed twice: a counting pass (which also
+Inputs are plain or gzipped FASTA, read by `fasta.read_fasta` (gzip detected by its magic bytes, sequences on
+one line or many, any line endings and any letter case). They are streamed twice: a counting pass (which also
 rejects a malformed file before anything is written) and a writing pass, so memory stays bounded by one
 shard's buffer plus the longest record, whatever the input size.
 
@@ -25,96 +25,34 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: import vocab, shards
 
 import argparse
-import contextlib
-import gzip
 import hashlib
-import io
 import json
 import os
 import re
 import time
-import zlib
-from typing import Iterator, NamedTuple
+from typing import Iterator
 
 import numpy as np
 from tqdm import tqdm
 
 import vocab
+from fasta import FastaError, Record, open_bytes, read_fasta
 from shards import HEADER_BYTES, MAGIC, SPLITS, VERSION, ShardError, read_shard, sha256_file, shard_name, write_shard
 
-GZIP_MAGIC = b"\x1f\x8b"
-WHITESPACE = " \t\r\n\v\f"  # ASCII only: any other character in a sequence line is a residue (maybe unknown)
 LOWERCASE = bytes(range(ord("a"), ord("z") + 1))
-PROGRESS_EVERY = 1024  # records between progress-bar updates (a tell() per record would cost more than it shows)
 
 
 class TokenizeError(Exception):
     """An expected failure (bad input file, bad arguments, existing output); the message names the file."""
 
 
-class Record(NamedTuple):
-    header: str  # the header line without '>' and line ending
-    residues: str  # the sequence lines joined, outer ASCII whitespace removed
-
-
 # ---------------------------------------------------------------------------------------------- reading FASTA
-def require_file(path: Path) -> None:
-    if not path.is_file():
-        raise TokenizeError(f"{path}: no such file" if not path.exists() else f"{path}: not a regular file")
-
-
-@contextlib.contextmanager
-def open_fasta_bytes(path):
-    """Yield (decompressed binary stream, underlying raw file) for a plain or gzipped file.
-
-    The raw file's tell() is the number of bytes read from disk, which is what the progress bar counts.
-    """
-    path = Path(path)
-    require_file(path)
-    with open(path, "rb") as raw:
-        is_gzip = raw.read(2) == GZIP_MAGIC
-        raw.seek(0)
-        if not is_gzip:
-            yield raw, raw
-            return
-        with gzip.GzipFile(fileobj=raw) as stream:
-            try:
-                yield stream, raw
-            except (gzip.BadGzipFile, EOFError, zlib.error) as e:
-                raise TokenizeError(f"{path}: corrupt or truncated gzip data ({e})") from None
-
-
-def read_fasta(path, progress: tqdm | None = None) -> Iterator[Record]:
-    """Stream the records of one FASTA file. Raises TokenizeError naming the file (and line) if it is not FASTA.
-
-    Blank lines are ignored anywhere; any other line before the first '>' header means the file is not FASTA.
-    """
-    with open_fasta_bytes(path) as (stream, raw):
-        text = io.TextIOWrapper(stream, encoding="utf-8", errors="replace", newline=None)  # \n, \r\n, \r
-        header, parts, n_records, last_pos = None, [], 0, 0
-        for line_no, line in enumerate(text, 1):
-            if line.startswith(">"):
-                if header is not None:
-                    yield Record(header, "".join(parts))
-                header, parts = line[1:].rstrip(WHITESPACE), []
-                n_records += 1
-                if progress is not None and n_records % PROGRESS_EVERY == 0:
-                    progress.update(raw.tell() - last_pos)
-                    last_pos = raw.tell()
-                continue
-            line = line.strip(WHITESPACE)
-            if not line:
-                continue
-            if header is None:
-                raise TokenizeError(f"{path}: line {line_no} comes before the first '>' header; "
-                                    "is this a FASTA file?")
-            parts.append(line)
-        if header is not None:
-            yield Record(header, "".join(parts))
-        if progress is not None:
-            progress.update(raw.tell() - last_pos)
-    if n_records == 0:
-        raise TokenizeError(f"{path}: no FASTA records (empty file?)")
+def read_records(path, progress: tqdm | None = None) -> Iterator[Record]:
+    """`fasta.read_fasta` (the one FASTA reader), its errors raised as this tool's TokenizeError."""
+    try:
+        yield from read_fasta(path, progress=progress)
+    except FastaError as e:
+        raise TokenizeError(str(e)) from None
 
 
 def skip_reason(residues: str, min_length: int) -> str | None:
@@ -213,7 +151,8 @@ def tokenize_fasta(inputs, output_dir, name: str, *, valid_sequences: int = 0, t
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
         raise TokenizeError(f"name {name!r} must be letters, digits, '_', '.', '-' (it starts every file name)")
     for path, _ in roles:  # fail on a missing file before the (possibly long) counting pass
-        require_file(path)
+        if not path.is_file():
+            raise TokenizeError(f"{path}: no such file" if not path.exists() else f"{path}: not a regular file")
     if output_dir.exists() and output_paths(output_dir, name):
         raise TokenizeError(f"{output_dir} already holds outputs named {name!r} "
                             f"(e.g. {output_paths(output_dir, name)[0].name}); remove them or choose another --name")
@@ -224,7 +163,7 @@ def tokenize_fasta(inputs, output_dir, name: str, *, valid_sequences: int = 0, t
     with tqdm(total=total_bytes, unit="B", unit_scale=True, desc="counting", disable=not progress) as bar:
         for path, role in roles:
             n_records = n_kept = 0
-            for record in read_fasta(path, bar):
+            for record in read_records(path, bar):
                 n_records += 1
                 n_kept += skip_reason(record.residues, min_length) is None
             input_entries.append({"path": str(path.resolve()), "split": role, "bytes": path.stat().st_size,
@@ -247,7 +186,7 @@ def tokenize_fasta(inputs, output_dir, name: str, *, valid_sequences: int = 0, t
         ordinal = 0  # index of the next kept record of the INPUTs, in the numbering draw_held_out used
         with tqdm(total=total_bytes, unit="B", unit_scale=True, desc="tokenizing", disable=not progress) as bar:
             for path, role in roles:
-                for record in read_fasta(path, bar):
+                for record in read_records(path, bar):
                     reason = skip_reason(record.residues, min_length)
                     if reason is not None:
                         skipped[reason] += 1
@@ -315,7 +254,7 @@ def verify(manifest_path) -> dict:
     expected, skipped, unknown = [0, 0], {"empty": 0, "too_short": 0}, 0
     for entry in manifest["inputs"]:
         records = 0
-        with open_fasta_bytes(entry["path"]) as (stream, _):
+        with open_bytes(entry["path"]) as (stream, _):
             residues = None
             for physical in stream:
                 for line in physical.splitlines():
@@ -425,7 +364,7 @@ def main(argv=None) -> int:
             result = verify(Path(args.output_dir) / f"{args.name}_manifest.json")
             print(f"verified in {time.perf_counter() - start:.1f} s: the shards hold exactly the "
                   f"{result['sequences']:,} kept input sequences (multiset), skips and <unk> counts match")
-    except (TokenizeError, ShardError, OSError) as e:
+    except (TokenizeError, FastaError, ShardError, OSError) as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 1
     return 0

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from transformers import PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutput, MaskedLMOutput
 
-from .model import PLM, ModelConfig
+from .model import PLM, REMOVED_FIELDS, ModelConfig
 from .vocab import CLS, EOS, MASK, PAD
 
 MODEL_FIELDS = tuple(field.name for field in dataclasses.fields(ModelConfig))
@@ -29,13 +29,15 @@ MODEL_FIELDS = tuple(field.name for field in dataclasses.fields(ModelConfig))
 
 class PLMSpeedrunConfig(PretrainedConfig):
     """model.py's `ModelConfig` fields, flat (hidden_size, num_hidden_layers, ... keep their HF meaning), plus the
-    ESM token ids. ModelConfig checks its own rules, so a bad value fails here with ModelConfig's message."""
+    ESM token ids. ModelConfig checks its own rules, so a bad value fails here with ModelConfig's message; a field
+    removed from ModelConfig is read by `ModelConfig.from_dict` (dropped at its one valid value, refused otherwise)
+    rather than kept as an attribute that changes nothing."""
 
     model_type = "plm_speedrun"
 
     def __init__(self, **kwargs):
-        given = {name: kwargs.pop(name) for name in MODEL_FIELDS if name in kwargs}
-        for name, value in dataclasses.asdict(ModelConfig(**given)).items():
+        given = {name: kwargs.pop(name) for name in (*MODEL_FIELDS, *REMOVED_FIELDS) if name in kwargs}
+        for name, value in dataclasses.asdict(ModelConfig.from_dict(given)).items():
             setattr(self, name, value)
         for name, token in (("pad_token_id", PAD), ("mask_token_id", MASK), ("bos_token_id", CLS),
                             ("eos_token_id", EOS)):

@@ -156,8 +156,8 @@ def test_controls_score_exactly_the_validation_masks(tmp_path):
     pieces = controls.rows_to_sequences(batches)
     assert len(pieces) == 30
     assert sum(int((labels != -100).sum()) for _, labels in pieces) == batches.stats["masked_tokens"]
-    # The same masks as evaluate.py's (fixed_mask of each cropped sequence), in the same order.
-    direct = controls.masked_sequences([encode_with_specials(s)[:64] for s in valid], 0.15, 5)
+    # The same masks as evaluate.py's (mask_sequence of each cropped sequence), in the same order.
+    direct = [validation.mask_sequence(encode_with_specials(s)[:64], 0.15, 5) for s in valid]
     for (a_in, a_lab), (b_in, b_lab) in zip(pieces, direct):
         np.testing.assert_array_equal(a_in, b_in)
         np.testing.assert_array_equal(a_lab, b_lab)

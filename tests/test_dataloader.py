@@ -49,10 +49,21 @@ def corpus(tmp_path_factory):
     return directory, encoded
 
 
-def make_loader(directory, *, world_size=1, grad_accum=1, rank=0, masking=None, name="toy", **kwargs):
-    return dl.TrainLoader(directory, name, batch_size=ROWS_PER_STEP * T, row_length=T, max_length=MAX_LEN,
-                          grad_accum=grad_accum, world_size=world_size, rank=rank, seed=7,
-                          masking=masking or dl.MaskingConfig(), **kwargs)
+def data_config(directory, name="toy", masking=None, **fields) -> dl.DataConfig:
+    """The test corpus's DataConfig: rows of T tokens, ROWS_PER_STEP rows per step, masking as given."""
+    masking = masking or dl.MaskingConfig()
+    return dl.DataConfig(**{**dict(data_dir=str(directory), data_name=name, batch_size=ROWS_PER_STEP * T,
+                                   row_length=T, max_length=MAX_LEN, num_workers=0, mask_rate=masking.mask_rate,
+                                   bert_corruption=masking.bert_corruption, mlm=not masking.masked_diffusion),
+                            **fields})
+
+
+def make_loader(directory, *, world_size=1, grad_accum=1, rank=0, masking=None, name="toy", num_workers=0,
+                prefetch_factor=2, start_step=0, seed=7, pin_memory=False):
+    config = data_config(directory, name, masking, grad_accum=grad_accum, num_workers=num_workers,
+                         prefetch_factor=prefetch_factor)
+    return dl.TrainLoader(config, seed=seed, world_size=world_size, rank=rank, start_step=start_step,
+                          pin_memory=pin_memory)
 
 
 def take(loader, n_micro):
@@ -213,7 +224,7 @@ def global_batches(directory, world_size, grad_accum, n_steps, masking):
 
 
 @pytest.mark.parametrize("masking", [
-    dl.MaskingConfig(mask_rate=0.3, mask_rate_start=0.1, mask_rate_warmup_steps=3, bert_corruption=True),
+    dl.MaskingConfig(mask_rate=0.3, bert_corruption=True),
     dl.MaskingConfig(masked_diffusion=True),
 ])
 def test_global_batch_is_the_same_for_any_world_size_and_accumulation(corpus, masking):
@@ -307,15 +318,21 @@ def test_masked_diffusion_draws_a_rate_per_sequence():
     assert min(fractions) >= 0 and max(fractions) <= 1 / rate
 
 
-def test_masking_config_rejects_contradictions():
-    with pytest.raises(ValueError, match="mask_rate_start"):
-        dl.MaskingConfig(mask_rate_start=0.1)
-    with pytest.raises(ValueError, match="mask_rate"):
+def test_data_config_rejects_contradictions_naming_the_key(tmp_path):
+    with pytest.raises(ValueError, match="^mask_rate:"):
         dl.MaskingConfig(mask_rate=0.0)
-    with pytest.raises(ValueError, match="exclude"):
-        dl.MaskingConfig(bert_corruption=True, masked_diffusion=True)
-    ramp = dl.MaskingConfig(mask_rate=0.2, mask_rate_start=0.1, mask_rate_warmup_steps=10)
-    assert [ramp.mask_rate_at(s) for s in (0, 5, 10, 99)] == pytest.approx([0.1, 0.15, 0.2, 0.2])
+    with pytest.raises(ValueError, match="^bert_corruption:"):
+        dl.DataConfig(bert_corruption=True, mlm=False)
+    for fields, key in ((dict(batch_size=1000, row_length=512), "batch_size"), (dict(max_length=600, row_length=512, batch_size=512), "max_length"),
+                        (dict(val_mask_rate=0.0), "val_mask_rate"), (dict(num_workers=-1), "num_workers"),
+                        (dict(grad_accum=0), "grad_accum")):
+        with pytest.raises(ValueError, match=f"^{key}:"):
+            dl.DataConfig(**fields)
+    config = dl.DataConfig(batch_size=8 * 512, row_length=512, max_length=512, grad_accum=2)
+    assert config.rows_per_micro(2) == 2 and config.rows_per_micro(4) == 1
+    with pytest.raises(ValueError, match="^batch_size:.*world size 8 × grad_accum 2"):
+        config.rows_per_micro(8)
+    assert dl.DataConfig(mlm=False).masking == dl.MaskingConfig(mask_rate=0.2, masked_diffusion=True)
 
 
 def test_masks_differ_across_ranks_workers_and_micro_steps(tmp_path):
@@ -332,17 +349,13 @@ def test_masks_differ_across_ranks_workers_and_micro_steps(tmp_path):
     assert len(set(masks)) == len(masks), "every (rank, worker, micro-step) has its own mask"
 
 
-def test_schedule_values_inside_worker_processes(corpus):
+def test_mask_rate_inside_worker_processes(corpus):
     directory, _ = corpus
-    masking = dl.MaskingConfig(mask_rate=0.5, mask_rate_start=0.05, mask_rate_warmup_steps=4)
-    loader = make_loader(directory, grad_accum=2, masking=masking, num_workers=2)
+    loader = make_loader(directory, grad_accum=2, masking=dl.MaskingConfig(mask_rate=0.5), num_workers=2)
     for (step, _, batch), _ in zip(loader, range(12)):
-        expected = masking.mask_rate_at(step)
-        assert loader.stats()["mask_rate"] == expected  # the rate the worker process applied
         tokens = original_tokens(batch)
         maskable = (batch["seq_ids"].numpy() >= 0) & (tokens != CLS) & (tokens != EOS)
-        assert within(int((batch["labels"] != dl.IGNORE).sum()), int(maskable.sum()), expected)
-    assert loader.stats()["mask_rate"] == 0.5
+        assert within(int((batch["labels"] != dl.IGNORE).sum()), int(maskable.sum()), 0.5)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -367,7 +380,7 @@ def test_zero_and_two_workers_give_the_same_stream(corpus):
 
 def test_resume_reproduces_the_stream_exactly(corpus):
     directory, _ = corpus
-    masking = dl.MaskingConfig(mask_rate_start=0.1, mask_rate_warmup_steps=5)
+    masking = dl.MaskingConfig(mask_rate=0.1)
     full = take(make_loader(directory, grad_accum=2, masking=masking, num_workers=2), 16)  # ~2 epochs
     interrupted = make_loader(directory, grad_accum=2, masking=masking, num_workers=2)
     take(interrupted, 10)
@@ -388,8 +401,7 @@ def test_resume_checks_the_stream_identity(corpus):
     take(loader, 1)
     with pytest.raises(RuntimeError, match="middle of step 0"):
         loader.state_dict()
-    other_seed = dl.TrainLoader(directory, "toy", batch_size=ROWS_PER_STEP * T, row_length=T, max_length=MAX_LEN,
-                                grad_accum=1, world_size=1, rank=0, seed=8, masking=dl.MaskingConfig())
+    other_seed = make_loader(directory, seed=8)
     with pytest.raises(ValueError, match="'seed'"):
         loader.load_state_dict(other_seed.state_dict())
     # World size and accumulation may change on resume: the global batch does not depend on them.
@@ -506,12 +518,10 @@ def test_missing_shards_name_the_glob(tmp_path):
 
 def test_inconsistent_sizes_are_rejected(corpus):
     directory, _ = corpus
-    with pytest.raises(ValueError, match="not a multiple"):
-        dl.TrainLoader(directory, "toy", batch_size=3 * T, row_length=T, max_length=MAX_LEN, grad_accum=2,
-                       world_size=1, rank=0, seed=0, masking=dl.MaskingConfig())
+    with pytest.raises(ValueError, match="do not split evenly"):
+        dl.TrainLoader(data_config(directory, batch_size=3 * T, grad_accum=2), seed=0)
     with pytest.raises(ValueError, match="exceeds row_length"):
-        dl.TrainLoader(directory, "toy", batch_size=4 * T, row_length=T, max_length=T + 1, grad_accum=1,
-                       world_size=1, rank=0, seed=0, masking=dl.MaskingConfig())
+        data_config(directory, max_length=T + 1)
 
 
 @pytest.mark.gpu

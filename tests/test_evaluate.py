@@ -1,5 +1,5 @@
-"""evaluate.py against independent references: hand-computed metrics, scikit-learn, the model's own loss, the
-FLIP file counts in ../shared/data/flip/SOURCE.md. Tiny model (hidden 32, 2 layers), small task slices, CPU."""
+"""evaluate.py (MLM metrics and its CLI) against independent references: hand-computed metrics, scikit-learn, the
+model's own loss. Tiny model (hidden 32, 2 layers), CPU. The probes are tested in test_probe.py."""
 import json
 import subprocess
 import sys
@@ -52,13 +52,15 @@ def ckpt(tmp_path_factory, model):
     return directory
 
 
-@pytest.fixture(scope="module")
-def flip(shared_data):
-    return shared_data / "flip"
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Metrics
+
+
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
+    """Row = true class, column = predicted class (the layout of validation.mlm_metrics' counts, tested there)."""
+    cm = np.zeros((n_classes, n_classes), dtype=np.int64)
+    np.add.at(cm, (y_true, y_pred), 1)
+    return cm
 
 
 def test_metrics_on_hand_computed_confusion_matrix():
@@ -78,16 +80,11 @@ def test_metrics_on_hand_computed_confusion_matrix():
     assert got["mcc"] == pytest.approx(0.6347415, abs=1e-6)
 
 
-def test_confusion_matrix_layout():
-    cm = evaluate.confusion_matrix(np.array([0, 0, 1, 2, 2]), np.array([0, 1, 1, 2, 0]), 3)
-    np.testing.assert_array_equal(cm, [[1, 1, 0], [0, 1, 0], [1, 0, 1]])
-
-
 def test_metrics_match_sklearn_with_unpredicted_and_absent_classes():
     rng = np.random.default_rng(0)
     y_true = rng.integers(4, 24, size=3000)  # residue ids; specials never occur as labels
     y_pred = np.where(rng.random(3000) < 0.4, y_true, rng.integers(0, 14, size=3000))  # classes 14..23 rarely predicted
-    got = evaluate.classification_metrics(evaluate.confusion_matrix(y_true, y_pred, vocab.VOCAB_SIZE))
+    got = evaluate.classification_metrics(confusion_matrix(y_true, y_pred, vocab.VOCAB_SIZE))
     assert got["accuracy"] == pytest.approx(skm.accuracy_score(y_true, y_pred))
     for name, fn in (("precision", skm.precision_score), ("recall", skm.recall_score), ("f1", skm.f1_score)):
         assert got[name] == pytest.approx(fn(y_true, y_pred, average="weighted", zero_division=0)), name
@@ -96,7 +93,7 @@ def test_metrics_match_sklearn_with_unpredicted_and_absent_classes():
 
 def test_mcc_is_zero_when_one_class_is_always_predicted():
     y_true, y_pred = np.array([4, 5, 6, 4]), np.array([4, 4, 4, 4])
-    got = evaluate.classification_metrics(evaluate.confusion_matrix(y_true, y_pred, vocab.VOCAB_SIZE))
+    got = evaluate.classification_metrics(confusion_matrix(y_true, y_pred, vocab.VOCAB_SIZE))
     assert got["mcc"] == 0.0 == skm.matthews_corrcoef(y_true, y_pred)
 
 
@@ -177,123 +174,6 @@ def test_mlm_cli_fasta_and_shards_agree(ckpt, tmp_path, capsys):
         assert a[key] == b[key], key
 
 
-def test_sequences_from_shards_splits_the_stream(tmp_path):
-    pieces = [vocab.encode_with_specials(s) for s in ("MKV", "AC", "WWWWW")]
-    shards.write_shard(tmp_path / "x_test_000000.bin", np.concatenate(pieces[:2]))
-    shards.write_shard(tmp_path / "x_test_000001.bin", pieces[2])
-    got = evaluate.sequences_from_shards(tmp_path, "x", "test")
-    assert [p.tolist() for p in got] == [p.tolist() for p in pieces]
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Tasks and the probe recipe
-
-
-def test_task_readers_match_the_documented_counts(flip):
-    # ../shared/data/flip/SOURCE.md: train (excl. val) / val / test
-    expected = {"gb1": (2691, 299, 5743), "secondary_structure": (9712, 1080, 364),
-                "conservation": (9392, 555, 519)}
-    for name, counts in expected.items():
-        task = evaluate.load_task(name, flip)
-        assert (len(task.train.sequences), len(task.valid.sequences), len(task.test.sequences)) == counts, name
-    melt = evaluate.load_task("meltome_draft", flip)
-    assert len(melt.train.sequences) + len(melt.valid.sequences) == 2940 and len(melt.test.sequences) == 1504
-    assert len(melt.valid.sequences) == 294 and any("DRAFT" in note for note in melt.notes)
-    ss = evaluate.load_task("secondary_structure", flip)
-    resolved = sum(int((t >= 0).sum()) for p in (ss.train, ss.valid, ss.test) for t in p.targets)
-    assert resolved == 2_658_218  # the 1s of mask.fasta
-
-
-def test_chunking_keeps_every_residue_and_pools_over_all_of_them():
-    sequence = random_proteins(1, seed=4, low=2500, high=2501)[0]
-    pieces = evaluate.chunk_sequence(sequence, 1022)
-    assert "".join(pieces) == sequence and len(pieces) == 3 and max(map(len, pieces)) <= 1022
-    assert max(map(len, pieces)) - min(map(len, pieces)) <= 1
-    per_residue = evaluate.embed_sequences(evaluate.onehot_embedder, [sequence], per_residue=True,
-                                           max_length=1024, batch_tokens=4096)
-    np.testing.assert_array_equal(per_residue[0], evaluate.onehot_embedder([sequence])[0])
-    pooled = evaluate.embed_sequences(evaluate.onehot_embedder, [sequence], per_residue=False,
-                                      max_length=1024, batch_tokens=4096)
-    composition = np.array([sequence.count(c) for c in vocab.RESIDUES]) / len(sequence)
-    np.testing.assert_allclose(pooled[0], composition, atol=1e-6)
-
-
-def test_model_features_are_the_models_embeddings(model):
-    sequences = random_proteins(5, seed=5)
-    embedder = evaluate.model_embedder(model, None, 256, "cpu")
-    got = evaluate.embed_sequences(embedder, sequences, per_residue=True, max_length=1024, batch_tokens=256)
-    for s, features in zip(sequences, got):
-        ids = torch.tensor(vocab.encode_with_specials(s), dtype=torch.int64)[None]
-        with torch.no_grad():
-            expected = model.hidden_states(ids, torch.zeros_like(ids, dtype=torch.int32))[0, 1:-1]
-        np.testing.assert_allclose(features, expected.numpy(), atol=1e-5)
-
-
-@pytest.mark.parametrize("task", list(evaluate.TASKS))
-def test_every_probe_runs_end_to_end(model, flip, task):
-    n = 6 if task in ("secondary_structure", "conservation") else 40
-    result = evaluate.run_probe(model, task, flip, max_train=n, max_test=n)
-    assert (result["n_train"], result["n_valid"], result["n_test"]) == (n, n, n)
-    assert result["subsampled"] and any("SUBSAMPLED" in note for note in result["notes"])
-    assert result["lambda"] in evaluate.REGULARISATION_GRID and result["dim"] == TINY["hidden_size"]
-    assert np.isfinite(result["score"]) and -1 <= result["score"] <= 1
-    json.dumps(evaluate._json_safe(result))
-    if task in ("secondary_structure", "conservation"):
-        assert result["n_test_residues"] > 100
-
-
-def test_onehot_control_on_gb1_has_positive_spearman(flip):
-    # Mean-pooled one-hot = amino-acid composition; across GB1 variants it changes only through the 4 mutated
-    # sites, which still carries a real signal (which residues appear, not where): Spearman ~0.5 on this slice.
-    task = evaluate.load_task("gb1", flip)
-    result = evaluate.run_probe(None, task, control="onehot", max_train=300, max_test=300)
-    assert result["score"] > 0.3
-    # The same pipeline with the training targets shuffled must lose the signal: the labels are wired correctly.
-    rng = np.random.default_rng(0)
-    shuffled = evaluate.Task(**{**vars(task), "train": evaluate.Partition(
-        task.train.sequences, list(rng.permutation(task.train.targets)))})
-    assert abs(evaluate.run_probe(None, shuffled, control="onehot", max_train=300, max_test=300)["score"]) < 0.2
-
-
-def test_embedding_cache_avoids_re_embedding(model, flip, tmp_path, monkeypatch):
-    calls = []
-    original = PLM.embed
-    monkeypatch.setattr(PLM, "embed", lambda self, *a, **k: calls.append(len(a[0])) or original(self, *a, **k))
-    options = dict(max_train=20, max_test=20, cache_dir=tmp_path, model_id="abc")
-    first = evaluate.run_probe(model, "gb1", flip, **options)
-    assert calls and len(list(tmp_path.glob("gb1_*.npz"))) == 3
-    calls.clear()
-    second = evaluate.run_probe(model, "gb1", flip, **options)
-    assert calls == [] and second == first
-    evaluate.run_probe(model, "gb1", flip, **{**options, "max_test": 21})  # different sequences: miss for test only
-    assert sum(calls) == 21
-    calls.clear()
-    evaluate.run_probe(model, "gb1", flip, **{**options, "model_id": "other weights"})
-    assert sum(calls) == 60
-
-
-def test_random_init_twin_ignores_the_trained_weights(flip):
-    options = dict(control="random_init", max_train=30, max_test=30)
-    first, second = scrambled_model(seed=1), scrambled_model(seed=2)
-    state = torch.random.get_rng_state()
-    a = evaluate.run_probe(first, "gb1", flip, **options)
-    b = evaluate.run_probe(second, "gb1", flip, **options)
-    assert a["score"] == b["score"] and a["features"] == "random_init"
-    assert torch.equal(state, torch.random.get_rng_state())  # the caller's RNG stream is untouched
-
-
-def test_probe_cli_with_controls(ckpt, flip, tmp_path, capsys):
-    out = tmp_path / "probe.json"
-    assert evaluate.main(["probe", "--checkpoint", str(ckpt), "--task", "gb1", "--data_dir", str(flip),
-                          "--with_controls", "--max_train", "20", "--max_test", "20", "--cache_dir", "",
-                          "--device", "cpu", "--output", str(out)]) == 0
-    table = capsys.readouterr().out
-    assert all(word in table for word in ("model", "onehot", "random_init", "ESM2-8M 81.8"))
-    payload = json.loads(out.read_text())
-    assert [r["features"] for r in payload["results"]] == ["model", "onehot", "random_init"]
-    assert payload["published_frozen_percent"]["ESM2-35M"] == {"mean": 82.7, "error": 0.3}
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Bad input: one clear line naming the thing, non-zero exit
 
@@ -305,26 +185,19 @@ def cli_error(capsys, argv) -> str:
     return lines[-1]
 
 
-def test_bad_inputs_give_one_clear_error(ckpt, flip, tmp_path, capsys):
-    probe = ["probe", "--checkpoint", str(ckpt), "--data_dir", str(flip)]
-    assert "'nonsense'" in cli_error(capsys, probe + ["--task", "nonsense"])
-    assert "gb1_splits.zip" in cli_error(capsys, ["probe", "--control", "onehot", "--task", "gb1",
-                                                  "--data_dir", str(tmp_path)])
-    assert "'five_vs_rest'" in cli_error(capsys, probe + ["--task", "gb1", "--split", "five_vs_rest"])
-    assert "--split" in cli_error(capsys, probe + ["--task", "conservation", "--split", "three_vs_rest"])
-    assert "--layer 9" in cli_error(capsys, probe + ["--task", "gb1", "--layer", "9"])
+def test_bad_inputs_give_one_clear_error(ckpt, tmp_path, capsys):
     empty = tmp_path / "empty.fasta"
     empty.write_text(">only a header\n\n")
     assert str(empty) in cli_error(capsys, ["mlm", "--checkpoint", str(ckpt), "--fasta", str(empty)])
     assert "missing.fasta" in cli_error(capsys, ["mlm", "--checkpoint", str(ckpt), "--fasta", "missing.fasta"])
+    not_fasta = tmp_path / "notes.txt"
+    not_fasta.write_text("MKV\n>a\nMK\n")
+    assert "notes.txt: line 1" in cli_error(capsys, ["mlm", "--checkpoint", str(ckpt), "--fasta", str(not_fasta)])
     assert "toy_valid_*.bin" in cli_error(capsys, ["mlm", "--checkpoint", str(ckpt), "--data_dir", str(tmp_path),
                                                     "--data_name", "toy", "--split", "valid"])
     if not torch.cuda.is_available():
-        assert "CUDA" in cli_error(capsys, probe + ["--task", "gb1", "--device", "cuda"])
-    with pytest.raises(evaluate.EvalError, match="model_id"):  # a cache keyed by nothing would serve stale features
-        evaluate.run_probe(scrambled_model(), "gb1", flip, cache_dir=tmp_path)
-    with pytest.raises(evaluate.EvalError, match="--layer"):
-        evaluate.run_probe(None, "gb1", flip, control="onehot", layer=1)
+        assert "CUDA" in cli_error(capsys, ["mlm", "--checkpoint", str(ckpt), "--fasta", str(empty),
+                                            "--device", "cuda"])
 
 
 def test_incompatible_checkpoint_is_named(ckpt, tmp_path, capsys):
@@ -342,10 +215,14 @@ def test_incompatible_checkpoint_is_named(ckpt, tmp_path, capsys):
     assert "not a checkpoint" in cli_error(capsys, ["mlm", "--checkpoint", str(tmp_path), "--fasta", str(fasta)])
 
 
-def test_cli_error_is_one_line_and_nonzero_exit(flip):
-    run = subprocess.run([sys.executable, str(evaluate.REPO / "evaluate.py"), "probe", "--control", "onehot",
-                          "--task", "nonsense", "--data_dir", str(flip)], capture_output=True, text=True, timeout=60)
+def test_cli_error_is_one_line_and_nonzero_exit(ckpt):
+    run = subprocess.run([sys.executable, str(evaluate.REPO / "evaluate.py"), "mlm", "--checkpoint", str(ckpt),
+                          "--fasta", "missing.fasta"], capture_output=True, text=True, timeout=60)
     assert run.returncode == 1
-    assert run.stderr.strip().splitlines() == [
-        "evaluate.py: error: unknown task 'nonsense'; choose from gb1, secondary_structure, conservation, "
-        "meltome_draft"]
+    assert run.stderr.strip().splitlines() == ["evaluate.py: error: missing.fasta: no such file"]
+
+
+def test_probe_command_points_to_probe_py(capsys):
+    assert evaluate.main(["probe", "--task", "gb1"]) == 2
+    assert capsys.readouterr().err.strip() == ("evaluate.py: representation probes moved to their own tool: "
+                                               "python probe.py --task gb1")

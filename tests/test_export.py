@@ -18,7 +18,7 @@ import yaml
 
 import checkpoint
 import export
-from model import PLM, ModelConfig, esm2_config
+from model import PLM, REMOVED_FIELDS, ModelConfig, esm2_config
 from vocab import CLS, EOS, MASK, PAD, RESIDUES, UNK, encode_with_specials
 
 transformers = pytest.importorskip("transformers")
@@ -27,10 +27,9 @@ from transformers import AutoModel, AutoModelForMaskedLM, AutoTokenizer  # noqa:
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = {
     "speedrun": ModelConfig(hidden_size=32, num_attention_heads=2, num_hidden_layers=4, value_embeddings=1),
-    # every other option the HF wrapper passes through: tied head, token dropout, window, both caps, odd depth
+    # every other option the HF wrapper passes through: tied head, token dropout, both caps, odd depth
     "speedrun-options": ModelConfig(hidden_size=32, num_attention_heads=2, num_hidden_layers=3, value_embeddings=1,
-                                    tie_embeddings=True, token_dropout=True, sliding_window=5,
-                                    attention_soft_cap=8.0, logit_cap_type="sigmoid"),
+                                    tie_embeddings=True, token_dropout=True, attention_soft_cap=8.0),
     "esm2": esm2_config(32, 2, 2),
 }
 TOLERANCE = dict(atol=1e-5, rtol=1e-5)
@@ -128,6 +127,7 @@ def test_speedrun_export_matches_load_model(exported, name, left):
     assert type(mlm).__name__ == "PLMSpeedrunForMaskedLM" and type(base).__name__ == "PLMSpeedrunModel"
     assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
     assert not mlm.training and not base.training  # from_pretrained returns eval mode
+    assert not set(REMOVED_FIELDS) & set(json.loads((folder / "config.json").read_text()))
     input_ids, attention_mask = padded_batch([17, 9, 30, 3], seed=1, left=left)
     with torch.no_grad():
         out = mlm(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
@@ -319,7 +319,7 @@ def test_model_card_from_the_run_record(tiny_run, tmp_path, capsys):
         assert expected in card, expected
     cfg, _ = train.parse_config(["--yaml_path", str(folder / "training_config.yaml")])
     as_json = json.loads(json.dumps(summary["config"]))  # tuples become lists, as in the JSON summary
-    assert json.loads(json.dumps(dataclasses.asdict(cfg))) == {**as_json, "push_to_hub": False}
+    assert cfg.flat() == {**as_json, "push_to_hub": False}
     assert json.loads((folder / "training_run.json").read_text())["run_id"] == "tiny"
     assert "trust_remote_code=True" in capsys.readouterr().out
 
@@ -418,13 +418,34 @@ def test_errors_name_the_problem(exported, tmp_path, capsys):
     other.write_text(json.dumps({"run_id": "x", "config": {"hidden_size": 64}, "checkpoints": ["x/run/step_000010"]}))
     with pytest.raises(export.ExportError, match=r"other \['hidden_size'\]"):
         export.export_checkpoint(ckpt, tmp_path / "b", run_json=other)
-    windowed = tmp_path / "w" / "step_000001"
-    windowed.mkdir(parents=True)
-    checkpoint.save_model(build(esm2_config(32, 2, 1, sliding_window=8)), windowed)
-    with pytest.raises(export.ExportError, match="sliding_window=8"):
-        export.export_checkpoint(windowed, tmp_path / "c")
-    assert not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
+    assert not (tmp_path / "b").exists()
     assert not list(tmp_path.glob("*.tmp-*"))
+
+
+def test_checkpoint_of_an_earlier_version_exports(exported, tmp_path):
+    """A model_config.json written before sliding_window, rope_base and logit_cap_type were removed exports when they
+    hold the values the model computes with (same logits, keys gone from config.json), and is refused, naming the
+    key, when they do not."""
+    import shutil
+    ckpt, _ = exported["speedrun"]
+    old = tmp_path / "old" / ckpt.name
+    shutil.copytree(ckpt, old)
+    config_file = old / checkpoint.CONFIG_FILE
+    saved = json.loads(config_file.read_text())
+    config_file.write_text(json.dumps({**saved, "sliding_window": 0, "rope_base": 10000.0, "logit_cap_type": "tanh"}))
+    folder, _ = export.export_checkpoint(old, tmp_path / "out")
+    assert not set(REMOVED_FIELDS) & set(json.loads((folder / "config.json").read_text()))
+    mlm = AutoModelForMaskedLM.from_pretrained(folder, trust_remote_code=True)
+    input_ids, attention_mask = padded_batch([12, 7], seed=4)
+    with torch.no_grad():
+        got = mlm(input_ids=input_ids, attention_mask=attention_mask).logits
+    want, _ = reference(checkpoint.load_model(ckpt), input_ids, attention_mask)
+    real = attention_mask.bool()
+    torch.testing.assert_close(got[real], want[real], **TOLERANCE)
+    config_file.write_text(json.dumps({**saved, "sliding_window": 8}))
+    with pytest.raises(export.ExportError, match="sliding_window=8"):
+        export.export_checkpoint(old, tmp_path / "refused")
+    assert not (tmp_path / "refused").exists()
 
 
 # ---- The Hub -------------------------------------------------------------------------------------------------------

@@ -204,6 +204,30 @@ def test_reported_step_is_the_first_from_which_every_step_passes(runs, tmp_path)
     assert stats is None and [v.rule for v in violations] == ["target"]
 
 
+def test_time_budgeted_runs_are_compared_at_their_final_validations(runs, tmp_path):
+    """Runs with a clock budget validate at different steps, and only their last validation follows the cooldown:
+    the rule tests the final losses (against scipy) and reports the mean clock of those validations."""
+    runs_ = [records.load_run(p) for p in copy_runs(runs, tmp_path)]
+    track = tiny_track(runs)
+    for i, r in enumerate(runs_):
+        r.summary["config"]["max_train_time_hours"] = 0.01
+        r.summary["val"][-1].update(step=10 + i, train_time_s=36.0 + i)  # no final step in common
+    stats, violations = records._time_statistics(track, runs_)
+    assert not violations and stats["reported_step"] == "final"
+    finals = [r.summary["val"][-1]["loss"] for r in runs_]
+    assert stats["loss"]["p"] == pytest.approx(scipy.stats.ttest_1samp(finals, track.target_loss,
+                                                                       alternative="less").pvalue)
+    assert stats["time_s"]["mean"] == pytest.approx(37.0)
+    assert {v["step"] for v in stats["per_run"].values()} == {10, 11, 12}
+    assert "each run's final validation" in records.headline({"statistics": stats, "rules": {"kind": "time"}})
+    # Earlier validations below the target do not count: only the final ones.
+    for r in runs_:
+        r.summary["val"][-1]["loss"] = track.target_loss + 0.01
+    stats, violations = records._time_statistics(track, runs_)
+    assert stats is None and [v.rule for v in violations] == ["target"]
+    assert "at the final validations" in violations[0].detail
+
+
 # ---- Each refusal names its rule and run -----------------------------------------------------------------------
 
 def test_refused_code_differs_between_runs(runs, tmp_path):
@@ -385,7 +409,7 @@ def test_submit_verify_table(runs, tmp_path, monkeypatch, capsys):
     cfg, _ = train.parse_config(["--yaml_path", str(folder / "config.yaml"), "--seed", "1"])
     original = records.load_run(runs[0]).config
     ignored = set(records.BOOKKEEPING_KEYS) - {"data_dir"}
-    assert {k: v for k, v in json.loads(json.dumps(dataclasses.asdict(cfg))).items() if k not in ignored} == \
+    assert {k: v for k, v in cfg.flat().items() if k not in ignored} == \
         {k: v for k, v in original.items() if k not in ignored}
 
     assert records.main(["verify", str(folder)]) == 0

@@ -1,7 +1,6 @@
 """data/tokenize_fasta.py against a plain-Python FASTA reader and a hand-written shard decoder."""
 import gzip
 import hashlib
-import itertools
 import json
 import struct
 import subprocess
@@ -15,6 +14,7 @@ import pytest
 from data.tokenize_fasta import TokenizeError, tokenize_fasta, verify
 
 SCRIPT = Path(__file__).resolve().parent.parent / "data" / "tokenize_fasta.py"
+DEMO = Path(__file__).resolve().parent.parent / "data" / "demo"
 ESM2_TOKENS = ["<cls>", "<pad>", "<eos>", "<unk>", *"LAGVSERTIDPKQNFYMHWCXBUZO", ".", "-", "<null_1>", "<mask>"]
 LETTERS = set("LAGVSERTIDPKQNFYMHWCXBUZO.-")
 
@@ -164,19 +164,23 @@ def test_whole_files_for_valid_and_test(tmp_path):
     verify(tmp_path / "out" / "x_manifest.json")
 
 
-def test_real_swissprot_sequences(tmp_path, shared_data):
-    """A few thousand real records: shards equal the plain-Python reading, and `verify` agrees."""
-    with gzip.open(shared_data / "swissprot2014_sp50" / "sp50_train.fasta.gz", "rt") as f:
-        text = "".join(itertools.islice(f, 6000))  # one-line records: 3,000 of them
+def test_real_sequences(tmp_path):
+    """A few thousand real records (the embedded demo set's train sequences, written back as gzipped FASTA with
+    60-residue lines): shards equal the plain-Python reading, and `verify` agrees."""
+    decoded = decode_shard_file(DEMO / "demo_train_000000.bin")[:3000]
+    sequences = [s.removeprefix("<cls>").removesuffix("<eos>") for s in decoded]
+    assert len(sequences) == 3000 and not any("<" in s for s in sequences)  # residue letters only
+    text = "".join(f">sp|{i} demo\n" + "\n".join(s[j:j + 60] for j in range(0, len(s), 60)) + "\n"
+                   for i, s in enumerate(sequences))
     path = write_fasta(tmp_path / "real.fasta.gz", text, gzipped=True)
     out = tmp_path / "out"
     manifest = tokenize_fasta([path], out, "sp", valid_sequences=100, test_sequences=100, shard_tokens=200_000,
-                              min_length=30, seed=0)
+                              min_length=100, seed=0)
     records = reference_records(text)
-    assert len(records) == 3000
+    assert records == sequences
     decoded = Counter(seq for split in ("train", "valid", "test") for seq in shard_sequences(out, manifest, split))
-    assert decoded == Counter(reference_tokens(r) for r in records if len(r) >= 30)
-    assert manifest["skipped"]["too_short"] == sum(len(r) < 30 for r in records) > 0
+    assert decoded == Counter(reference_tokens(r) for r in records if len(r) >= 100)
+    assert manifest["skipped"]["too_short"] == sum(len(r) < 100 for r in records) > 0
     assert len(manifest["splits"]["train"]["shards"]) > 1
     assert verify(out / "sp_manifest.json")["sequences"] == sum(decoded.values())
 

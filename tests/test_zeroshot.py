@@ -178,17 +178,3 @@ def test_unigram_control_scores_frequent_residues_up():
     parsed = [parse_mutant(m, WT, "") for m in ("K2L", "K2W")]
     to_l, to_w = zeroshot.unigram_scores(freq, parsed)
     assert to_l > 0 and to_w == pytest.approx(0.0)
-
-
-def test_probe_every_layer_and_pick_the_best_on_validation(tiny_ckpt, shared_data, tmp_path, capsys):
-    out = tmp_path / "layers.json"
-    assert evaluate.main(["probe", "--checkpoint", str(tiny_ckpt), "--task", "gb1", "--data_dir",
-                          str(shared_data / "flip"), "--layers", "all", "--max_train", "60", "--max_test", "40",
-                          "--cache_dir", "", "--device", "cpu", "--output", str(out)]) == 0
-    result = json.loads(out.read_text())
-    assert [r["layer"] for r in result["layers"]] == [0, 1, 2, None]  # embeddings, both blocks, the normed output
-    best = max(result["layers"], key=lambda r: r["valid_score"])
-    assert result["chosen_layer"] == best["layer"] and result["results"][0]["score"] == best["score"]
-    assert "by layer" in capsys.readouterr().out
-    with pytest.raises(evaluate.EvalError, match="not a layer"):
-        evaluate.probe_layers("1,7", 2)
