@@ -3,8 +3,9 @@
 A run's config is a composition of component configs, each a dataclass owned by its component and checking its
 own rules in `__post_init__` (ModelConfig in model.py, DataConfig in dataloader.py, OptimConfig in optim.py,
 RunConfig in train.py). Keys are flat, in YAML (`lr_hidden: 0.04`) and on the command line (`--lr_hidden 0.04`),
-as in the prior art; every field name is unique across the components, so `key_table` maps each key to the one
-component that owns it. Nothing here knows a particular key, except the removed keys' migration messages.
+as in SpeedrunningPLMs (github.com/Synthyra/SpeedrunningPLMs); every field name is unique across the components,
+so `key_table` maps each key to the one component that owns it. Nothing here knows a particular key, except the
+removed keys' migration messages.
 
     parse(sections, argv) -> ({section: config object}, keys set)     raises ConfigError naming the key
     reference_table(sections)                                         the key reference, from the dataclasses
@@ -25,10 +26,10 @@ class ConfigError(ValueError):
     """A wrong key, value or combination: the run stops before any work, with a message naming the key."""
 
 
-# Keys people pass tokens with (the prior art's --token/--wandb_token): refused, with the variable to use instead.
+# Keys people pass tokens with (SpeedrunningPLMs' --token/--wandb_token): refused, with the variable to use instead.
 SECRET_KEYS = {"token": "HF_TOKEN", "hf_token": "HF_TOKEN", "hub_token": "HF_TOKEN", "huggingface_token": "HF_TOKEN",
                "wandb_token": "WANDB_API_KEY", "wandb_api_key": "WANDB_API_KEY", "wandb_key": "WANDB_API_KEY"}
-# Keys that existed once (or in the prior art) and were removed: (the value that made them a no-op, what to write
+# Keys that existed once (or in SpeedrunningPLMs) and were removed: (the value that made them a no-op, what to write
 # instead). records.py drops a removed key from an old run's config only when it holds that value.
 REMOVED = {
     "bugfix": (False, "use `--yaml_path example_yamls/debug.yaml`, the tiny run for debugging"),

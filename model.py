@@ -346,7 +346,7 @@ class DocumentMask:
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: DocumentMask, soft_cap_value: float):
     """Attention inside sequences. q, k, v: (R, T, H, Dh) -> (R, T, H, Dh); padding queries get zeros.
-    Scores are q·k/√Dh, then soft-capped (cap·tanh(s/cap), Gemma 2 / SpeedrunningPLMs) when soft_cap_value > 0."""
+    Scores are q·k/√Dh, then soft-capped (cap·tanh(s/cap): Gemma 2, arXiv:2408.00118) when soft_cap_value > 0."""
     if mask.backend == "flex":
         return flex_attention_packed(q, k, v, mask, soft_cap_value)
     return sdpa_attention_packed(q, k, v, mask, soft_cap_value)
@@ -606,10 +606,11 @@ class PLM(nn.Module):
             # "modded 2025-02" below: train_gpt.py in modded-nanogpt's records/track_1_short/2025-02-01_RuleTweak.
             hidden_std = 0.5 * c.hidden_size ** -0.5  # modded-nanogpt: uniform ±√3·0.5·D^-0.5, i.e. std 0.5/√D
             bound = math.sqrt(3) * hidden_std
-            # Head N(0, 0.005), as modded-nanogpt's current lm_head: untrained logits ≈ 0, so the loss starts within
-            # ~0.01 of ln(V). Not zero (modded-nanogpt's head of 2024-11-03): with token_dropout the <mask>
-            # positions start with an all-zero residual stream, and a zero head plus zero output projections is then
-            # an exact fixed point where every gradient is zero (test_every_option_builds_and_trains caught it).
+            # Head N(0, 0.005), as modded-nanogpt's lm_head in its 2025–26 train_gpt.py: untrained logits ≈ 0, so
+            # the loss starts within ~0.01 of ln(V). Not zero (modded-nanogpt's head of 2024-11-03): with
+            # token_dropout the <mask> positions start with an all-zero residual stream, and a zero head plus zero
+            # output projections is then an exact fixed point where every gradient is zero
+            # (test_every_option_builds_and_trains caught it).
             init(self.head.weight, nn.init.normal_, 0.0, 0.005)
             if not c.tie_embeddings:  # (tied: the head's init above is the embedding's; RMSNorm follows the lookup)
                 init(self.token_embedding.weight, nn.init.normal_, 0.0, 1.0)  # nn.Embedding default, as modded

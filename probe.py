@@ -192,7 +192,8 @@ def load_task(name: str, data_dir, split: str | None = None, seed: int = 0) -> T
 
 # Published frozen-embedding numbers on the same splits (%), Schmirler, Heinzinger & Rost 2024, Nat Commun,
 # doi:10.1038/s41467-024-51844-2, Table S3/S5 "pre-trained embedding aggregated" (mean ± spread over runs);
-# see ../shared/notes/reference_numbers.md. No published ESM2 numbers exist for conservation or meltome_draft.
+# source data: github.com/RSchmirler/data-repo_plm-finetune-eval (Table S3/S5 CSVs, CC BY 4.0). No published ESM2
+# numbers exist for conservation or meltome_draft.
 PUBLISHED = {
     ("gb1", "three_vs_rest"): {"ESM2-8M": (81.8, 0.4), "ESM2-35M": (82.7, 0.3), "ESM2-150M": (83.3, 1.0),
                                "ESM2-650M": (85.7, 0.4)},

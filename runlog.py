@@ -149,9 +149,8 @@ def git_state() -> dict:
             "dirty": bool(_run(["git", "status", "--porcelain", "--untracked-files=no"]))}
 
 
-def environment_report(device: torch.device, world_size: int) -> str:
-    """Git commit and dirty flag, versions, hardware and world size: the header of the text log."""
-    git = git_state()
+def environment_report(device: torch.device, world_size: int, git: dict) -> str:
+    """Git commit and dirty flag (`git_state()`), versions, hardware and world size: the header of the text log."""
     lines = [f"git commit: {git['commit'] or 'unknown (not a git checkout)'}"
              f"{' (dirty: uncommitted changes)' if git['dirty'] else ''}",
              f"python: {sys.version.split()[0]}  torch: {torch.__version__}  numpy: {np.__version__}  "

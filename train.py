@@ -29,27 +29,27 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import yaml
-from torch.nn.parallel import DistributedDataParallel as DDP
 
 import checkpoint
 import config
 import controls
 import dataloader
+import distributed
 import optim
 import provenance
 import runlog
 import validation
 from config import ConfigError
 from dataloader import DataConfig
+from distributed import Placement
 from model import PLM, ModelConfig
 from optim import OptimConfig
 from shards import ShardError, find_shards
 
 ROOT = Path(__file__).resolve().parent
-CORE_FILES = ("train.py", "config.py", "model.py", "optim.py", "dataloader.py", "validation.py", "vocab.py",
-              "shards.py", "checkpoint.py", "controls.py", "provenance.py", "runlog.py")
+CORE_FILES = ("train.py", "config.py", "distributed.py", "model.py", "optim.py", "dataloader.py", "validation.py",
+              "vocab.py", "shards.py", "checkpoint.py", "controls.py", "provenance.py", "runlog.py")
 SECRET_ENV = ("HF_TOKEN", "WANDB_API_KEY")
-DIST_TIMEOUT = datetime.timedelta(minutes=30)  # init_process_group: longer than any rank's compile
 
 
 @dataclass(frozen=True)
@@ -130,82 +130,20 @@ class RunState:
     target_reached: dict | None = None     # {"train_time_s", "step", "tokens"} at the first validation <= target
 
 
-@dataclass
-class Dist:
-    """Where this process runs: torchrun's rank and world, the device, and the host-side (gloo) group."""
-    distributed: bool
-    rank: int
-    world_size: int
-    device: torch.device
-    host_group: object = None  # small host-side sums (clock, signals, counts) never synchronise the GPU stream
-
-    @property
-    def master(self) -> bool:
-        return self.rank == 0
-
-    def sum(self, values: list[float]) -> list[float]:
-        """Host-side sum of small numbers over ranks."""
-        if not self.distributed:
-            return values
-        t = torch.tensor(values, dtype=torch.float64)
-        dist.all_reduce(t, group=self.host_group)
-        return t.tolist()
-
-
-def setup_distributed() -> Dist:
-    """One process, or one rank of torchrun (NCCL on CUDA, gloo on CPU)."""
-    distributed = "RANK" in os.environ and "WORLD_SIZE" in os.environ
-    rank, world = (int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])) if distributed else (0, 1)
-    local_rank = int(os.environ.get("LOCAL_RANK", 0)) if distributed else 0
-    device = torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
-    if device.type == "cuda":
-        # Before CUDA's allocator starts: grow segments instead of caching fixed blocks, so fragmentation cannot
-        # strand memory (modded-nanogpt does the same); the user's own setting wins.
-        if "PYTORCH_CUDA_ALLOC_CONF" not in os.environ and "PYTORCH_ALLOC_CONF" not in os.environ:
-            os.environ["PYTORCH_CUDA_ALLOC_CONF"] = "expandable_segments:True"
-        torch.cuda.set_device(device)
-        torch.set_float32_matmul_precision("high")  # TF32 for the few fp32 matmuls outside bf16 autocast
-    if distributed:
-        # Ranks wait in their first collective while others still compile (minutes for the default model).
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=DIST_TIMEOUT,
-                                device_id=device if device.type == "cuda" else None)
-    host_group = dist.new_group(backend="gloo") if distributed and device.type == "cuda" else None
-    return Dist(distributed, rank, world, device, host_group)
-
-
-def compile_and_wrap(raw_model: PLM, device: torch.device, compile_model: bool, distributed: bool):
-    """-> (model for training steps, logits function for evaluation), compiled and DDP-wrapped as asked.
-
-    fullgraph=True on the FlexAttention path, so a graph break fails loudly instead of silently splitting the
-    model; the SDPA path runs its per-bucket kernels eagerly (torch.compiler.disable), so it cannot be one graph.
-    DDP wraps the compiled module; torch.compile's DDPOptimizer then splits the graph at DDP's bucket boundaries,
-    so each bucket's all-reduce starts while the backward of earlier layers runs (docs/TRAINING.md, "Gradient
-    communication"; tests/test_gpu_path.py checks the split and that two ranks equal one process).
-    """
-    fullgraph = raw_model.attention_backend(device) == "flex"
-    model, logits_fn = raw_model, raw_model.logits
-    if compile_model:
-        model = torch.compile(raw_model, dynamic=False, fullgraph=fullgraph)
-        logits_fn = torch.compile(raw_model.logits, dynamic=False, fullgraph=fullgraph)
-    if distributed:
-        model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None, gradient_as_bucket_view=True)
-    return model, logits_fn
-
-
 def train_step(model, raw_model: PLM, optimizers, batches: list[dict], lr_mult: float, momentum: float | None,
-               grad_clip: float, d: Dist, autocast) -> tuple[torch.Tensor, int, int]:
+               grad_clip: float, proc: Placement, autocast) -> tuple[torch.Tensor, int, int]:
     """One optimiser step over a step's micro-batches -> (this rank's loss sum, global masked, global tokens).
 
     The loss is normalised by the GLOBAL count of masked tokens: each micro-step's loss sum is scaled by
     world_size / global_count, so DDP's gradient average gives sum(loss) / global_count.
     """
-    masked, tokens = d.sum([float(sum(int((b["labels"] != -100).sum()) for b in batches)),
+    masked, tokens = proc.sum([float(sum(int((b["labels"] != -100).sum()) for b in batches)),
                             float(sum(int((b["seq_ids"] >= 0).sum()) for b in batches))])
-    scale = d.world_size / max(masked, 1.0)
-    loss_sum = torch.zeros((), device=d.device)
+    scale = proc.world_size / max(masked, 1.0)
+    loss_sum = torch.zeros((), device=proc.device)
     for micro, batch in enumerate(batches):
-        batch = dataloader.to_device(batch, d.device)
-        sync = not d.distributed or micro == len(batches) - 1
+        batch = dataloader.to_device(batch, proc.device)
+        sync = not proc.distributed or micro == len(batches) - 1
         with contextlib.nullcontext() if sync else model.no_sync():
             with autocast:
                 micro_loss, _ = model(batch["input_ids"], batch["seq_ids"], batch["labels"])
@@ -231,7 +169,7 @@ def next_step_batches(train_iter, step: int, grad_accum: int) -> list[dict]:
     return batches
 
 
-def save_checkpoint(path: Path, raw_model: PLM, optimizers, loader, state: RunState, identity: dict, d: Dist,
+def save_checkpoint(path: Path, raw_model: PLM, optimizers, loader, state: RunState, identity: dict, proc: Placement,
                     record) -> None:
     """path/ by rank 0 (weights and optimiser states are the same on every rank), with the clock stopped.
     identity: run_id, config and world_size, stored beside the state for the resume check."""
@@ -242,10 +180,10 @@ def save_checkpoint(path: Path, raw_model: PLM, optimizers, loader, state: RunSt
     train_state = {**dataclasses.asdict(state), **identity, "checkpoints": state.checkpoints + [str(path)],
                    "optimizers": [opt.state_dict() for opt in optimizers], "loader": loader.state_dict(),
                    "rng": checkpoint.rng_state()}
-    if d.master:
+    if proc.master:
         checkpoint.save_checkpoint(path, raw_model, train_state)
-    if d.distributed:
-        dist.barrier(group=d.host_group)
+    if proc.distributed:
+        dist.barrier(group=proc.host_group)
     state.checkpoints.append(str(path))
     record.write(f"checkpoint: {path}")
 
@@ -284,10 +222,10 @@ def main(argv: list[str]) -> dict:
     for split in ("train", "valid"):  # missing or corrupt data stops the run here, naming the file, before any work
         dataloader.check_shards(find_shards(data.data_dir, data.data_name, split))
 
-    d = setup_distributed()
-    device, master = d.device, d.master
+    proc = distributed.setup()
+    device, master = proc.device, proc.master
     try:
-        rows_per_micro = data.rows_per_micro(d.world_size)  # derived once: rows per micro-batch on each rank
+        rows_per_micro = data.rows_per_micro(proc.world_size)  # derived once: rows per micro-batch on each rank
     except ValueError as e:
         raise ConfigError(str(e)) from None
     compile_model = run.compile_model if run.compile_model is not None else device.type == "cuda"
@@ -298,7 +236,7 @@ def main(argv: list[str]) -> dict:
         run_id = f"{resume['run_id']}-resumed-{resume['step']:06d}"
     else:
         run_id = run.log_name or datetime.datetime.now().strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
-    if d.distributed:  # every rank must use rank 0's id (its clock and random suffix)
+    if proc.distributed:  # every rank must use rank 0's id (its clock and random suffix)
         box = [run_id]
         dist.broadcast_object_list(box, src=0)
         run_id = box[0]
@@ -310,13 +248,14 @@ def main(argv: list[str]) -> dict:
     sources = {name: (ROOT / name).read_text() for name in CORE_FILES}
     record.write(provenance.code_sections(sources), echo=False)
     record.write(f"{provenance.CONFIG_HEADER}\n" + yaml.safe_dump(cfg.flat(), sort_keys=False).rstrip(), echo=False)
+    git = runlog.git_state()  # at the start: files edited while the run goes must not change what it reports
     record.write(f"run id: {run_id}\nkeys set by YAML/CLI: {sorted(given)}\n"
-                 + runlog.environment_report(device, d.world_size))
-    prov = provenance.RunProvenance(sources, data.data_dir, data.data_name, device, d.world_size, run_start,
+                 + runlog.environment_report(device, proc.world_size, git))
+    prov = provenance.RunProvenance(sources, data.data_dir, data.data_name, device, proc.world_size, run_start,
                                     hash_data=master)  # code and shard hashes, hardware: what records.py checks
     record.write(prov.header())
     record.write(f"derived: {data.batch_size // data.row_length} rows of {data.row_length} tokens per step = "
-                 f"{rows_per_micro} rows per micro-batch × {data.grad_accum} micro-steps × {d.world_size} ranks; "
+                 f"{rows_per_micro} rows per micro-batch × {data.grad_accum} micro-steps × {proc.world_size} ranks; "
                  f"compile: {compile_model}; precision: {'bf16 autocast' if device.type == 'cuda' else 'fp32'}; "
                  f"time budget: {f'{budget_s:.0f} s' if budget_s else 'none'}")
     random.seed(run.seed)
@@ -328,10 +267,10 @@ def main(argv: list[str]) -> dict:
         """The fixed-mask rows of a split, in batches shaped like a training micro-batch (this rank's share)."""
         return validation.load_validation_batches(data.data_dir, data.data_name, split, row_length=data.row_length,
                                                   max_length=data.max_length, mask_rate=data.val_mask_rate,
-                                                  seed=data.val_mask_seed, world_size=d.world_size, rank=d.rank,
+                                                  seed=data.val_mask_seed, world_size=proc.world_size, rank=proc.rank,
                                                   rows_per_batch=rows_per_micro)
 
-    new_loader = lambda: dataloader.TrainLoader(data, seed=run.seed, world_size=d.world_size, rank=d.rank,  # noqa
+    new_loader = lambda: dataloader.TrainLoader(data, seed=run.seed, world_size=proc.world_size, rank=proc.rank,  # noqa
                                                 pin_memory=device.type == "cuda")
     loader, val_batches = new_loader(), eval_batches("valid")
     has_test = any(Path(data.data_dir).glob(f"{data.data_name}_test_*.bin"))
@@ -347,7 +286,7 @@ def main(argv: list[str]) -> dict:
                                               data.val_mask_rate, run.controls_max_train_tokens)
         sums = control_model.score(controls.rows_to_sequences(val_batches))
         keys = sorted(sums)  # each rank scored its own rows
-        sums = dict(zip(keys, d.sum([float(sums[k]) for k in keys])))
+        sums = dict(zip(keys, proc.sum([float(sums[k]) for k in keys])))
         control_losses = controls.summarise(sums | {"masked_tokens": int(sums["masked_tokens"])})
         record.write(controls.describe(control_losses, control_model)
                      + f"; {time.perf_counter() - t_controls:.1f} s, outside the clock")
@@ -364,9 +303,9 @@ def main(argv: list[str]) -> dict:
                                         fused=True if device.type == "cuda" else None)
 
     # ---- Compile, then an untimed warm-up that is undone -------------------------------------------------------------
-    model, logits_fn = compile_and_wrap(raw_model, device, compile_model, d.distributed)
+    model, logits_fn = distributed.compile_and_wrap(raw_model, device, compile_model, proc.distributed)
     step_args = (model, raw_model, optimizers)
-    step_kwargs = dict(grad_clip=cfg.optim.grad_clip, d=d, autocast=autocast)
+    step_kwargs = dict(grad_clip=cfg.optim.grad_clip, proc=proc, autocast=autocast)
     if run.untimed_warmup_steps:
         t_warm = time.perf_counter()
         initial = {"model": copy.deepcopy(raw_model.state_dict()), "rng": checkpoint.rng_state(),
@@ -412,7 +351,7 @@ def main(argv: list[str]) -> dict:
         reached = state.target_reached or {}
         return {"run_id": run_id, "status": status, "message": message, "signal": stop.signum,
                 "config": cfg.flat(), "n_params": n_params, "n_params_non_embedding": n_params_non_embedding,
-                "world_size": d.world_size, "device": str(device), "hardware": runlog.hardware_name(device),
+                "world_size": proc.world_size, "device": str(device), "hardware": runlog.hardware_name(device),
                 "steps": state.step, "tokens": state.tokens, "train_time_s": t,
                 "tokens_per_s": state.tokens / t if t > 0 else None, "target_loss": run.target_loss,
                 "time_to_target_s": reached.get("train_time_s"), "step_to_target": reached.get("step"),
@@ -421,7 +360,7 @@ def main(argv: list[str]) -> dict:
                 "controls": control_losses, "final_gain": state.val_log[-1]["gain"] if state.val_log else None,
                 "train": state.train_log, "checkpoints": state.checkpoints, "resumed_from": run.resume_from,
                 "peak_memory_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
-                "loader": loader.stats(), "git": runlog.git_state(),
+                "loader": loader.stats(), "git": git,
                 "versions": {"python": sys.version.split()[0], "torch": torch.__version__, "cuda": torch.version.cuda},
                 "provenance": prov.summary(val_mask_rate=data.val_mask_rate, val_mask_seed=data.val_mask_seed,
                                            val_stats=val_batches.stats, checkpoints=state.checkpoints)}
@@ -440,7 +379,7 @@ def main(argv: list[str]) -> dict:
     try:
         while True:
             # Schedule values. Rank 0's clock and any rank's signal are shared, so every rank makes the same decisions.
-            train_time, signalled = d.sum([clock.read() if master else 0.0, float(stop.signum is not None)])
+            train_time, signalled = proc.sum([clock.read() if master else 0.0, float(stop.signum is not None)])
             # The schedule follows whichever limit ends the run first (steps or clock), so either way it cools down.
             progress = min(max(state.step / max(run.num_steps, 1), train_time / budget_s if budget_s else 0.0), 1.0)
             lr_mult, momentum = optim.schedule(cfg.optim, state.step, progress)
@@ -472,7 +411,7 @@ def main(argv: list[str]) -> dict:
                 clock.stop()
                 state.train_time_s = clock.elapsed
                 save_checkpoint(run_dir / f"step_{state.step:06d}", raw_model, optimizers, loader, state,
-                                {"run_id": run_id, "config": cfg.flat(), "world_size": d.world_size}, d, record)
+                                {"run_id": run_id, "config": cfg.flat(), "world_size": proc.world_size}, proc, record)
                 clock.start()
             if last:
                 break
@@ -487,7 +426,7 @@ def main(argv: list[str]) -> dict:
 
             # Log: the global loss per masked token (a sum over ranks), throughput since the last log line.
             if state.step % run.log_every == 0 or state.step == run.num_steps:
-                if d.distributed:
+                if proc.distributed:
                     dist.all_reduce(loss_sum)
                 loss = loss_sum.item() / max(masked, 1)
                 if not math.isfinite(loss):
@@ -502,7 +441,7 @@ def main(argv: list[str]) -> dict:
                 eta = (run.num_steps - state.step) * dt / (state.step - last_logged["step"])
                 state.train_log.append({"step": state.step, "loss": loss, "lr": cfg.optim.peak_lr * lr_mult,
                                         "tokens": state.tokens, "train_time_s": now, "tokens_per_s": tps,
-                                        "mfu": flops_per_token * tps / (peak * d.world_size) if peak else None})
+                                        "mfu": flops_per_token * tps / (peak * proc.world_size) if peak else None})
                 record.write(runlog.train_line(state.train_log[-1], run.num_steps,
                                                min(eta, max(budget_s - now, 0.0)) if budget_s else eta),
                              echo=bar is None or not sys.stderr.isatty())
@@ -548,8 +487,8 @@ def main(argv: list[str]) -> dict:
     record.write(runlog.final_line(result) + f"\nsummary: {summary_path}\nplot: {plot_path}")
     if status == "ok" and run.push_to_hub and master and state.checkpoints:
         runlog.push_to_hub(Path(state.checkpoints[-1]), run.hub_repo_id, secrets["HF_TOKEN"], summary_path, record)
-    if d.distributed:
-        dist.barrier(group=d.host_group)
+    if proc.distributed:
+        dist.barrier(group=proc.host_group)
         dist.destroy_process_group()
     return result
 

@@ -145,9 +145,10 @@ def main(argv=None):
             f"seed0_model_on_seed{s1}_masks": harness.checkpoint_loss(full["checkpoints"][-1], data_dir, s1),
         }
         if rec1.get("checkpoints"):
-            mask_check[f"seed{s1}_model_on_seed{s1}_masks"] = rec1["final_val_loss"]
-            mask_check[f"seed{s1}_model_on_seed0_masks"] = harness.checkpoint_loss(rec1["checkpoints"][-1], data_dir,
-                                                                                   args.seeds[0])
+            # rec1 was validated on the common masks (harness.VAL_MASK_SEED): its own loss is the seed-0-mask one.
+            mask_check[f"seed{s1}_model_on_seed0_masks"] = rec1["final_val_loss"]
+            mask_check[f"seed{s1}_model_on_seed{s1}_masks"] = harness.checkpoint_loss(rec1["checkpoints"][-1],
+                                                                                      data_dir, s1)
     seed_rows = [r for r in rows if r["variant"].startswith("full recipe")]
     noise = {"time_ratios_other_seeds": [r["time_ratio_vs_full"] for r in seed_rows[1:]],
              "delta_final_loss_other_seeds": [r["delta_final_loss"] for r in seed_rows[1:]]}

@@ -11,10 +11,10 @@ One line per check, then a verdict; the exit code is 0 iff every check passes on
   collectives     all-reduce and all-gather (optim.all_gather_async, Muon's path) over the ranks with train.py's
                   backend (NCCL on CUDA, gloo on CPU), against sums computed on the CPU.
   loader          the YAML's training loader (its data, or the embedded data/demo when that is absent) delivers
-                  real tokens faster than the prior art's whole trainer consumes them (275.9k tokens/s per H100).
-  step            the YAML's model, compiled and DDP-wrapped by train.compile_and_wrap, optimisers from
+                  real tokens faster than SpeedrunningPLMs' whole trainer consumes them (275.9k tokens/s per H100).
+  step            the YAML's model, compiled and DDP-wrapped by distributed.compile_and_wrap, optimisers from
                   optim.build_optimizers, bf16 autocast: warm-up, then timed steps on the loader's batch; reports
-                  tokens/s per GPU and MFU against the prior art's rate (slower is a warning, not a failure).
+                  tokens/s per GPU and MFU against SpeedrunningPLMs' rate (slower is a warning, not a failure).
 Without CUDA the CPU form runs by itself, reduced: flex forward only (its backward does not run on a CPU), bf16
 Newton–Schulz run on the CPU, gloo with one rank, the loader with no workers, and a small eager model for one step.
 tests/test_gpu_path.py runs the CPU form, so the script cannot rot.
@@ -38,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import dataloader  # noqa: E402  (after the sys.path lines: benchmarks run from any directory)
+from distributed import compile_and_wrap  # noqa: E402
 import optim  # noqa: E402
 import runlog  # noqa: E402
 import train  # noqa: E402
@@ -193,7 +194,7 @@ def check_step(cfg: train.Config, device: torch.device, batch: dict | None, worl
     raw = PLM(model_config)
     raw.init_weights()
     raw.to(device)
-    model, _ = train.compile_and_wrap(raw, device, compile_model=on_gpu, distributed=distributed)
+    model, _ = compile_and_wrap(raw, device, compile_model=on_gpu, distributed=distributed)
     optimizers = optim.build_optimizers(raw.parameter_groups(), cfg.optim, all_params=raw.parameters(),
                                         fused=True if on_gpu else None)
     if not on_gpu:  # the CPU form: one row, cropped
@@ -239,7 +240,7 @@ def check_step(cfg: train.Config, device: torch.device, batch: dict | None, worl
                   f"({t_compile:.0f} s incl. {warm} warm-up steps): {seconds * 1e3:.0f} ms/step, "
                   f"{rate / 1e3:,.1f}k tokens/s per GPU, {mfu}; loss {losses[-1]:.3f}")
         warning = "" if rate >= PRIOR_ART_TOKENS_PER_S else \
-            f"slower than the prior art's {PRIOR_ART_TOKENS_PER_S / 1e3:.1f}k tokens/s per H100"
+            f"slower than SpeedrunningPLMs' {PRIOR_ART_TOKENS_PER_S / 1e3:.1f}k tokens/s per H100"
         return Check("step", ok, detail, warning)
     return Check("step", ok, f"CPU form: {raw.num_parameters():,}-parameter model, eager, {shape}: "
                              f"{rate / 1e3:,.1f}k tokens/s, loss {losses[-1]:.3f} (the default model's speed: "

@@ -20,7 +20,7 @@ Nothing here runs the model for real or needs a GPU:
 - weights, gradients, optimizer state: from the parameter groups and optim.py's state (fp32 everywhere);
 - communication: DDP's fp32 all-reduce of every gradient and Muon's all-gather of its bf16 updates (optim.py),
   as bytes each GPU sends in ring algorithms, and the time at --bus_gbps;
-- the MFU needed to match the prior art's 275.9k tokens/s per H100.
+- the MFU needed to match SpeedrunningPLMs' 275.9k tokens/s per H100 (its README).
 tests/test_gpu_path.py checks the trace against the process memory of a real CPU run, and the FLOPs against
 FlopCounterMode on a real CPU run, at small shapes.
 """
@@ -49,7 +49,7 @@ from fasta import read_fasta  # noqa: E402
 from validation import shard_sequences  # noqa: E402
 
 # SpeedrunningPLMs README throughput table, default 133M model on 1×H100 SXM5 (Lambda): 275,900 tokens/s
-# (../shared/notes/prior_art_speedrunningplms.md §7).
+# (github.com/Synthyra/SpeedrunningPLMs, README "Training Throughput").
 PRIOR_ART_TOKENS_PER_S = 275_900
 PROXY_FASTA = ROOT.parent / "shared" / "data" / "swissprot2014_sp50" / "sp50_valid.fasta.gz"
 GIB = 2 ** 30
@@ -306,7 +306,7 @@ def report(r: dict) -> str:
         f"communication per step per GPU: DDP fp32 all-reduce {r['all_reduce_bytes'] / 1e6:,.0f} MB "
         f"({r['all_reduce_ms']:.2f} ms at the assumed bus bandwidth, overlapped with the backward) + Muon bf16 "
         f"all-gather {r['all_gather_bytes'] / 1e6:,.0f} MB ({r['all_gather_ms']:.2f} ms)",
-        f"to beat the prior art's {PRIOR_ART_TOKENS_PER_S / 1e3:.1f}k tokens/s per H100: MFU > "
+        f"to beat SpeedrunningPLMs' {PRIOR_ART_TOKENS_PER_S / 1e3:.1f}k tokens/s per H100: MFU > "
         f"{100 * r['needed_mfu']:.1f}% on {r['gpu']} (bf16 dense peak {runlog.PEAK_FLOPS[r['gpu']] / 1e12:.0f} "
         f"TFLOP/s), i.e. a step in < {r['step_ms_at_prior_art']:.0f} ms",
     ]

@@ -222,7 +222,7 @@ def report(info, args: dict, chosen, sweep, runs, cross, out: Path, wall_time_s:
 
     log(f"\n{harness.machine_line(info)}")
     log(f"data: sp50_train (tokenized once), validation: first {args['n_val']} sp50_valid sequences cropped to "
-        f"{args['max_length']} tokens, fixed 15% masks (seed {args['seed']})")
+        f"{args['max_length']} tokens, fixed 15% masks (seed {harness.VAL_MASK_SEED})")
     log(f"\nreference sweep ({args['sweep_budget_minutes']} min each):\n{sweep_table}")
     log(f"reference setting for the full budget: {chosen}")
     log(f"\nmain comparison ({args['budget_minutes']} min of training each; target = reference final loss "

@@ -5,6 +5,7 @@ result table. Outputs go to benchmarks/results/tmp/smoke/ (git-ignored), never o
 """
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,8 @@ SCRIPTS = {
     "bench_model.py": "| HF EsmForMaskedLM (sdpa, padded) |",
     "bench_dataloader.py": "M row tok/s/worker",
 }
+# Results files the smoke runs must write (issue 12: every benchmark saves its numbers), under results/tmp/smoke/.
+RESULT_FILES = {"bench_model.py": "bench_model.json", "bench_dataloader.py": "bench_dataloader.json"}
 
 
 @pytest.mark.slow
@@ -25,8 +28,12 @@ SCRIPTS = {
 def test_benchmark_smoke(script, shared_data):
     if script in ("speedrun_vs_esm2.py", "bench_model.py"):
         pytest.importorskip("transformers")  # the reference implementation's benchmark-only dependency
+    started = time.time()
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--smoke"], cwd=ROOT,
                             capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, f"{script} --smoke failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     assert SCRIPTS[script] in result.stdout, f"{script} --smoke printed no result table:\n{result.stdout[-3000:]}"
     assert "machine: " in result.stdout  # every benchmark names the machine it ran on
+    if script in RESULT_FILES:
+        written = ROOT / "benchmarks" / "results" / "tmp" / "smoke" / RESULT_FILES[script]
+        assert written.exists() and written.stat().st_mtime >= started - 1, f"{script} --smoke wrote no {written}"

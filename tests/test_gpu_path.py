@@ -1,4 +1,4 @@
-"""The GPU path, checked on a CPU (issue 14): what each test would have caught is in its docstring.
+"""The GPU path, checked on a CPU: what each test would have caught is in its docstring.
 
 bf16 residual stream, saved-activation bytes at the real shape (FakeTensor), the block mask built from block
 ranges, one compiled graph over batches (fullgraph=True), at most two compiles in evaluate.py's MLM path, fixed
@@ -21,6 +21,7 @@ import torch.distributed as dist
 
 import evaluate
 import model as M
+import distributed
 import optim
 import train
 from model import PLM, ModelConfig
@@ -139,7 +140,7 @@ def flex_and_sdpa(config: ModelConfig, seed: int = 0) -> tuple[PLM, PLM]:
 
 def test_compiled_flex_model_is_one_graph_over_document_counts():
     """Would have caught: a graph break silently splitting the compiled model (no fullgraph=True), and a recompile
-    per batch. The training forward (loss) on the flex path, compiled as train.compile_and_wrap does (fullgraph,
+    per batch. The training forward (loss) on the flex path, compiled as distributed.compile_and_wrap does (fullgraph,
     static shapes) under bf16 autocast, over packed rows holding 1 to 9 sequences: one graph, and the loss of the
     eager SDPA path (the forward: FlexAttention's backward does not run on a CPU)."""
     flex, sdpa = flex_and_sdpa(tiny(num_hidden_layers=2, value_embeddings=1, soft_logit_cap=10.0))
@@ -244,12 +245,12 @@ def gloo_worker(rank: int, world: int, port: int, out_dir: str) -> None:
                 dist.all_gather_single = new_name
         torch.save({"params": [p.detach() for p in params], "gathers": len(calls)}, f"{out_dir}/muon_rank{rank}.pt")
 
-        # Training through train.compile_and_wrap (torch.compile, then DDP), recording DDPOptimizer's buckets.
+        # Training through distributed.compile_and_wrap (torch.compile, then DDP), recording DDPOptimizer's buckets.
         import torch._dynamo.backends.distributed as ddp_backend
         buckets, print_buckets = [], ddp_backend.pretty_print_buckets
         ddp_backend.pretty_print_buckets = lambda b, cap: (buckets.append(len(b)), print_buckets(b, cap))
         raw, optimizers = ddp_model()
-        model, _ = train.compile_and_wrap(raw, torch.device("cpu"), compile_model=True, distributed=True)
+        model, _ = distributed.compile_and_wrap(raw, torch.device("cpu"), compile_model=True, distributed=True)
         losses = []
         for ids, seq, labels in ddp_batches():
             mine = slice(2 * rank, 2 * rank + 2)
@@ -264,7 +265,7 @@ def gloo_worker(rank: int, world: int, port: int, out_dir: str) -> None:
         # run on a CPU). DDPOptimizer must split a graph holding the FlexAttention higher-order op.
         flex = PLM(dataclasses.replace(ModelConfig(**DDP_CONFIG), attention_backend="flex"))
         flex.load_state_dict(raw.state_dict())
-        flex_model, _ = train.compile_and_wrap(flex, torch.device("cpu"), compile_model=True, distributed=True)
+        flex_model, _ = distributed.compile_and_wrap(flex, torch.device("cpu"), compile_model=True, distributed=True)
         buckets_before = len(buckets)
         with torch.no_grad():
             flex_loss, _ = flex_model(*ddp_batches()[0])
@@ -299,7 +300,7 @@ def test_muon_without_all_gather_single_equals_one_process(gloo_results):
 
 @pytest.mark.slow
 def test_compiled_ddp_training_on_two_ranks_equals_one_process(gloo_results):
-    """Would have caught a wrong compile/DDP composition: the model compiled by train.compile_and_wrap and wrapped
+    """Would have caught a wrong compile/DDP composition: the model compiled by distributed.compile_and_wrap and wrapped
     in DDP, two steps of Muon + Adam on two gloo ranks, equals one eager process on the whole batch; and
     DDPOptimizer split the compiled graph at DDP's bucket boundaries (so a bucket's all-reduce can start while the
     rest of the backward runs), which is what happens on GPU too."""

@@ -9,46 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-import checkpoint
 import probe
 import vocab
 from evaluate import EvalError, _json_safe
-from model import PLM, ModelConfig
+from model import PLM
 
-TINY = dict(hidden_size=32, num_attention_heads=2, num_hidden_layers=2, value_embeddings=1)
-STANDARD = "LAGVSERTIDPKQNFYMHWC"
-
-
-def scrambled_model(seed: int = 0) -> PLM:
-    """A tiny model with every parameter non-trivial: init_weights zeroes the head and the output projections, so
-    an untrained model would ignore context, making most checks vacuous."""
-    torch.manual_seed(seed)
-    model = PLM(ModelConfig(**TINY))
-    model.init_weights()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.5 * torch.randn_like(p))
-    return model.eval()
-
-
-def random_proteins(n: int, seed: int = 0, low: int = 5, high: int = 120) -> list[str]:
-    rng = np.random.default_rng(seed)
-    return ["".join(rng.choice(list(STANDARD), size=rng.integers(low, high))) for _ in range(n)]
+from conftest import TINY, random_proteins, scrambled_model
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture(scope="module")
-def model():
-    return scrambled_model()
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory, model):
-    directory = tmp_path_factory.mktemp("ckpt")
-    checkpoint.save_model(model, directory)
-    return directory
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ person would (an edited JSON, an edited log) or the way a careful forger would (
 match), and must name its rule and run. The statistics are checked against scipy.stats.
 """
 import dataclasses
-import gzip
 import hashlib
 import json
 import re
@@ -21,6 +20,7 @@ import provenance
 import records
 import train
 from data.tokenize_fasta import tokenize_fasta
+from conftest import demo_proteins
 from shards import sha256_file
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,17 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory) -> Path:
     """tiny_{train,valid}_000000.bin + tiny_manifest.json from 400 / 24 real sequences (30..200 residues)."""
-    sequences, residues = [], []
-    with gzip.open(ROOT.parent / "shared" / "data" / "swissprot2014_sp50" / "sp50_valid.fasta.gz", "rt") as f:
-        for line in f:
-            if line.startswith(">"):
-                if 30 <= len("".join(residues)) <= 200:
-                    sequences.append("".join(residues))
-                residues = []
-                if len(sequences) == 424:
-                    break
-            else:
-                residues.append(line.strip())
+    sequences = demo_proteins(424)
     tmp = tmp_path_factory.mktemp("fasta")
     for name, part in (("train", sequences[:400]), ("valid", sequences[400:])):
         (tmp / f"{name}.fasta").write_text("".join(f">s{i}\n{s}\n" for i, s in enumerate(part)))

@@ -4,7 +4,6 @@ Each numerical claim is checked against an independent reference run: 2 gloo pro
 2 accumulation steps, a resumed run against the uninterrupted one, a run with an (undone) warm-up against one
 without. The rest checks the contract of the run record and of failures: strict config, secrets, signals, NaN.
 """
-import gzip
 import json
 import os
 import re
@@ -21,7 +20,8 @@ import yaml
 
 import checkpoint
 import train
-from shards import write_shard
+from conftest import demo_proteins
+from shards import read_header, write_shard
 from vocab import encode_with_specials
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,20 +29,9 @@ TOKENS = {"HF_TOKEN": "hf_FAKEsecretTOKEN0123456789", "WANDB_API_KEY": "FAKEwand
 
 
 @pytest.fixture(scope="session")
-def tiny_data(tmp_path_factory, shared_data) -> Path:
+def tiny_data(tmp_path_factory) -> Path:
     """train/valid/test shards of real Swiss-Prot sequences (30..200 residues): 400 / 24 / 16 sequences."""
-    sequences, residues = [], []
-    with gzip.open(shared_data / "swissprot2014_sp50" / "sp50_valid.fasta.gz", "rt") as f:
-        for line in f:
-            if line.startswith(">"):
-                if 30 <= len("".join(residues)) <= 200:
-                    sequences.append("".join(residues))
-                residues = []
-                if len(sequences) == 440:
-                    break
-            else:
-                residues.append(line.strip())
-    assert len(sequences) == 440
+    sequences = demo_proteins(440)
     out = tmp_path_factory.mktemp("tiny_data")
     for split, part in (("train", sequences[:400]), ("valid", sequences[400:424]), ("test", sequences[424:])):
         write_shard(out / f"tiny_{split}_000000.bin", torch.cat([torch.from_numpy(encode_with_specials(s))
@@ -185,12 +174,13 @@ def test_corrupt_shard_is_named_before_any_work(tiny_data, tmp_path):
     for split in ("train", "valid"):
         (data / f"tiny_{split}_000000.bin").write_bytes((tiny_data / f"tiny_{split}_000000.bin").read_bytes())
     broken = data / "tiny_train_000000.bin"
+    n_tokens = read_header(broken)
     broken.write_bytes(broken.read_bytes()[:-10])  # truncated: the header's token count no longer matches
     proc = subprocess.run([sys.executable, "train.py", *tiny_args(data, tmp_path, "corrupt")], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1
-    assert proc.stderr.strip().splitlines() == [f"train.py: {broken}: header says 53797 tokens but the file holds "
-                                                "53787 (truncated or corrupt)"]
+    assert proc.stderr.strip().splitlines() == [f"train.py: {broken}: header says {n_tokens} tokens but the file "
+                                                f"holds {n_tokens - 10} (truncated or corrupt)"]
     assert not (tmp_path / "logs").exists()
 
 
@@ -214,6 +204,15 @@ def test_config_reference_in_docs_is_generated():
 
 
 # ---- Runs ---------------------------------------------------------------------------------------------------------
+
+def test_git_state_is_taken_at_the_start(tiny_data, tmp_path, monkeypatch):
+    """A commit or an edit while a run goes must not change the commit and dirty flag the run reports."""
+    states = iter([{"commit": "a" * 40, "dirty": False}] + [{"commit": "b" * 40, "dirty": True}] * 100)
+    monkeypatch.setattr(train.runlog, "git_state", lambda: next(states))
+    summary = train.main(tiny_args(tiny_data, tmp_path, "git", num_steps=2, controls=False))
+    assert summary["git"] == {"commit": "a" * 40, "dirty": False}
+    assert f"git commit: {'a' * 40}\n" in (tmp_path / "logs" / "git.txt").read_text()
+
 
 def test_run_record(tiny_data, tmp_path):
     summary = train.main(tiny_args(tiny_data, tmp_path, "rec", save_every=2))

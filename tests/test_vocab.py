@@ -1,4 +1,4 @@
-"""vocab.py against the ESM2 vocabulary written out by hand (issue 2) and a plain-Python encoder."""
+"""vocab.py against the ESM2 vocabulary written out by hand and a plain-Python encoder."""
 import numpy as np
 import pytest
 

@@ -1,0 +1,154 @@
+"""Compare groups of train.py runs (one group per recipe, one run per seed) at targets past the no-learning controls.
+
+    python benchmarks/compare_runs.py --group speedrun logs/cpu_track_s{1,2,3}.json \
+                                      --group esm2 logs/cpu_track_esm2_s{1,2,3}.json [--ladder 0.005,0.01,0.02]
+
+Every run must have been validated on the same masks (the same controls and masked-token count in its JSON: the
+command refuses otherwise, naming the run). The targets are a ladder below the best control (`controls.best`), so
+no target is read off one recipe's own curve. For each group and target:
+- time to target: training clock at the first validation at or below it (harness.time_to_loss: linear
+  interpolation between validations), mean and 95% t-interval over the group's runs; "k/n" when only k runs got
+  there (no mean is then reported: a mean over the runs that made it would flatter the group);
+- speedup of each group over the first (the baseline) at that target: ratio of mean times, with a 95% bootstrap
+  interval (runs resampled with replacement within each group, 10,000 draws, fixed seed; none with < 2 runs).
+And over the whole run: final validation loss, mean and t-interval, with Welch's t-test against the baseline.
+Read the machine columns (load average, CPU/wall) before trusting a time: a contended run is slower.
+"""
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+from scipy import stats
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness  # noqa: E402  (also puts the repository root on sys.path)
+from records import mean_interval  # noqa: E402
+
+BOOTSTRAP_DRAWS = 10_000
+
+
+def load_group(paths: list[str]) -> list[dict]:
+    runs = []
+    for path in paths:
+        summary = json.loads(Path(path).read_text())
+        if summary.get("status") != "ok" or not summary.get("val"):
+            raise SystemExit(f"compare_runs.py: {path}: status {summary.get('status')!r}, not a finished run")
+        if not summary.get("controls"):
+            raise SystemExit(f"compare_runs.py: {path}: no controls in the summary (run with controls: true)")
+        runs.append(summary | {"path": str(path)})
+    return runs
+
+
+def check_same_validation(groups: dict[str, list[dict]]) -> dict:
+    """The controls every run was scored beside; refuses runs validated on other masks or other sequences."""
+    first = next(iter(groups.values()))[0]
+    for runs in groups.values():
+        for run in runs:
+            if run["controls"] != first["controls"]:
+                raise SystemExit(f"compare_runs.py: {run['path']} was validated on other masks or sequences than "
+                                 f"{first['path']} (their controls differ): the losses do not compare")
+    return first["controls"]
+
+
+def bootstrap_speedup(base: list[float], other: list[float], seed: int = 0) -> tuple[float, float]:
+    """95% interval of mean(base) / mean(other), resampling runs within each group."""
+    rng = np.random.default_rng(seed)
+    b = rng.choice(base, size=(BOOTSTRAP_DRAWS, len(base))).mean(axis=1)
+    o = rng.choice(other, size=(BOOTSTRAP_DRAWS, len(other))).mean(axis=1)
+    low, high = np.quantile(b / o, [0.025, 0.975])
+    return float(low), float(high)
+
+
+def compare(groups: dict[str, list[dict]], deltas: list[float]) -> dict:
+    controls = check_same_validation(groups)
+    names = list(groups)
+    baseline = names[0]
+    targets = [round(controls["best"] - delta, 6) for delta in deltas]
+    out = {"controls": controls, "baseline": baseline, "targets": [], "final": {}}
+    for target, delta in zip(targets, deltas):
+        row = {"target": target, "below_best_control": delta, "groups": {}}
+        times = {}
+        for name in names:
+            reached = [harness.time_to_loss(run["val"], target) for run in groups[name]]
+            entry = {"reached": sum(t is not None for t in reached), "n": len(reached), "times_s": reached}
+            if all(t is not None for t in reached):
+                times[name] = reached
+                entry["time_s"] = mean_interval(reached) if len(reached) > 1 else {"mean": reached[0]}
+            row["groups"][name] = entry
+        for name in names[1:]:
+            if baseline in times and name in times:
+                ratio = np.mean(times[baseline]) / np.mean(times[name])
+                enough = min(len(times[baseline]), len(times[name])) >= 2  # an interval needs spread on both sides
+                row["groups"][name]["speedup"] = {"mean": float(ratio), "interval": bootstrap_speedup(
+                    times[baseline], times[name]) if enough else None}
+        out["targets"].append(row)
+    base_final = [run["val"][-1]["loss"] for run in groups[baseline]]
+    for name in names:
+        finals = [run["val"][-1]["loss"] for run in groups[name]]
+        entry = {"loss": mean_interval(finals) if len(finals) > 1 else {"mean": finals[0]},
+                 "gain": controls["best"] - float(np.mean(finals)),
+                 "machine": [run.get("provenance", {}).get("machine") for run in groups[name]]}
+        if name != baseline and len(finals) > 1 and len(base_final) > 1:
+            welch = stats.ttest_ind(finals, base_final, equal_var=False)
+            entry["welch_vs_baseline"] = {"t": float(welch.statistic), "p": float(welch.pvalue)}
+        out["final"][name] = entry
+    return out
+
+
+def report(result: dict) -> str:
+    c = result["controls"]
+    lines = [f"best control: {c['best_name']} {c['best']:.4f} nats per masked token ({c['masked_tokens']:,} masked "
+             f"tokens); baseline: {result['baseline']}", "",
+             "| target (below best control) | " + " | ".join(result["final"]) + " |",
+             "|---|" + "---|" * len(result["final"])]
+    for row in result["targets"]:
+        cells = []
+        for name, entry in row["groups"].items():
+            if "time_s" not in entry:
+                cells.append(f"{entry['reached']}/{entry['n']} reached")
+                continue
+            t = entry["time_s"]
+            cell = f"{t['mean']:,.0f} s" + (f" [{t['low']:,.0f}, {t['high']:,.0f}]" if "low" in t else "")
+            if "speedup" in entry:
+                s = entry["speedup"]
+                cell += f"; {s['mean']:.2f}×" + (f" [{s['interval'][0]:.2f}, {s['interval'][1]:.2f}]"
+                                                 if s["interval"] else " (no interval: < 2 runs)")
+            cells.append(cell)
+        lines.append(f"| {row['target']:.4f} (−{row['below_best_control']:g}) | " + " | ".join(cells) + " |")
+    lines += ["", "| final validation loss | " + " | ".join(
+        f"{name}: {e['loss']['mean']:.4f}" + (f" [{e['loss']['low']:.4f}, {e['loss']['high']:.4f}]"
+                                             if "low" in e["loss"] else "")
+        + f", gain {e['gain']:+.4f}" + (f", Welch p = {e['welch_vs_baseline']['p']:.2g}"
+                                         if "welch_vs_baseline" in e else "")
+        for name, e in result["final"].items()) + " |"]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--group", nargs="+", action="append", required=True, metavar=("NAME", "RUN_JSON"),
+                        help="a group name, then its runs' JSON summaries; the first group is the baseline")
+    parser.add_argument("--ladder", default="0.005,0.01,0.015,0.02",
+                        help="comma-separated nats below the best control: the targets")
+    parser.add_argument("--output", help="write the comparison as JSON here")
+    args = parser.parse_args(argv)
+    groups = {}
+    for name, *paths in args.group:
+        if not paths or name in groups:
+            parser.error(f"--group {name}: needs a new name and at least one run JSON")
+        groups[name] = load_group(paths)
+    deltas = [float(x) for x in args.ladder.split(",")]
+    if not all(d > 0 and math.isfinite(d) for d in deltas):
+        parser.error("--ladder: every step must be a positive number of nats")
+    result = compare(groups, deltas)
+    print(report(result))
+    if args.output:
+        harness.write_json(Path(args.output), result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""benchmarks/compare_runs.py against hand-computed times, scipy's Welch test and the refusal of runs validated on
+other masks. Synthetic run summaries: validation losses that fall linearly in training time."""
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import compare_runs  # noqa: E402
+
+CONTROLS = {"unigram": 2.9, "composition": 2.85, "ngram": 2.87, "ngram+composition": 2.84, "best": 2.84,
+            "best_name": "ngram+composition", "masked_tokens": 1000}
+
+
+def run(path: Path, slope: float, final_time: float = 100.0, controls=CONTROLS) -> str:
+    """A run whose validation loss is 2.9 - slope·t, validated every 10 s."""
+    val = [{"step": k, "train_time_s": t, "tokens": 100 * k, "loss": 2.9 - slope * t}
+           for k, t in enumerate(np.arange(0.0, final_time + 1e-9, 10.0))]
+    path.write_text(json.dumps({"status": "ok", "val": val, "controls": controls}))
+    return str(path)
+
+
+def test_times_speedups_and_welch(tmp_path):
+    fast = [run(tmp_path / f"f{i}.json", s) for i, s in enumerate((0.0020, 0.0021, 0.0019))]
+    slow = [run(tmp_path / f"s{i}.json", s) for i, s in enumerate((0.0010, 0.0011, 0.0009))]
+    result = compare_runs.compare({"slow": compare_runs.load_group(slow), "fast": compare_runs.load_group(fast)},
+                                  [0.01])
+    (row,) = result["targets"]
+    assert row["target"] == pytest.approx(2.83)
+    # loss 2.83 = 2.9 - slope·t -> t = 0.07 / slope
+    expected_slow = [0.07 / s for s in (0.0010, 0.0011, 0.0009)]
+    expected_fast = [0.07 / s for s in (0.0020, 0.0021, 0.0019)]
+    assert row["groups"]["slow"]["times_s"] == pytest.approx(expected_slow)
+    assert row["groups"]["fast"]["times_s"] == pytest.approx(expected_fast)
+    speedup = row["groups"]["fast"]["speedup"]
+    assert speedup["mean"] == pytest.approx(np.mean(expected_slow) / np.mean(expected_fast))
+    low, high = speedup["interval"]
+    assert low <= speedup["mean"] <= high and high - low < 0.5
+    finals_fast = [2.9 - s * 100 for s in (0.0020, 0.0021, 0.0019)]
+    finals_slow = [2.9 - s * 100 for s in (0.0010, 0.0011, 0.0009)]
+    assert result["final"]["fast"]["welch_vs_baseline"]["p"] == pytest.approx(
+        stats.ttest_ind(finals_fast, finals_slow, equal_var=False).pvalue)
+    text = compare_runs.report(result)
+    assert f"{speedup['mean']:.2f}× [{low:.2f}, {high:.2f}]" in text and "Welch p" in text
+
+
+def test_a_group_that_does_not_all_reach_a_target_gets_no_mean(tmp_path):
+    runs = [run(tmp_path / "a.json", 0.0020), run(tmp_path / "b.json", 0.0002)]  # b ends at 2.88: never 2.83
+    result = compare_runs.compare({"g": compare_runs.load_group(runs)}, [0.01])
+    entry = result["targets"][0]["groups"]["g"]
+    assert (entry["reached"], entry["n"]) == (1, 2) and "time_s" not in entry
+    assert "1/2 reached" in compare_runs.report(result)
+
+
+def test_runs_on_other_masks_are_refused(tmp_path):
+    other = dict(CONTROLS, masked_tokens=999)
+    a, b = run(tmp_path / "a.json", 0.002), run(tmp_path / "b.json", 0.002, controls=other)
+    with pytest.raises(SystemExit, match="b.json was validated on other masks"):
+        compare_runs.compare({"x": compare_runs.load_group([a]), "y": compare_runs.load_group([b])}, [0.01])
