@@ -200,6 +200,7 @@ class Muon(torch.optim.Optimizer):
 
 PARAM_GROUP_NAMES = ("hidden", "embed", "value_embed", "head", "scalar")
 RECIPES = ("speedrun", "esm2")
+HIDDEN_OPTIMIZERS = ("muon", "adamw")
 SCHEDULES = ("constant", "cosine", "linear", "trapezoid")
 
 
@@ -252,6 +253,8 @@ class OptimConfig:
     muon_momentum_end: float = 0.95        # Muon momentum after muon_momentum_warmup_steps
     muon_momentum_warmup_steps: int = 300  # steps of the linear Muon-momentum warm-up
     ns_steps: int = 5                      # Newton–Schulz iterations per Muon update
+    hidden_optimizer: str = "muon"         # "adamw": hidden matrices join the Adam optimiser (isolated Muon ablation)
+    lr_hidden_adamw: float = 0.003         # Adam LR of the hidden matrices when hidden_optimizer is adamw
     # esm2 recipe (Lin et al. 2023, Science): one AdamW, decay on every parameter
     lr: float = 4e-4                       # peak AdamW LR
     esm2_betas: tuple[float, float] = (0.9, 0.98)  # AdamW betas
@@ -269,8 +272,12 @@ class OptimConfig:
             if not ok:
                 raise ValueError(f"{key}: {message}, got {getattr(self, key)!r}")
         need(self.recipe in RECIPES, "recipe", f"must be one of {', '.join(RECIPES)}")
+        need(self.hidden_optimizer in HIDDEN_OPTIMIZERS, "hidden_optimizer",
+             f"must be one of {', '.join(HIDDEN_OPTIMIZERS)}")
+        need(self.recipe == "speedrun" or self.hidden_optimizer == "muon", "hidden_optimizer",
+             "only the speedrun recipe has a hidden-matrix optimiser to switch (recipe esm2 is AdamW throughout)")
         need(self.scheduler_type in SCHEDULES, "scheduler_type", f"must be one of {', '.join(SCHEDULES)}")
-        for key in ("lr_hidden", "lr_embed", "lr_head", "lr_scalar", "lr", "adam_eps", "esm2_eps",
+        for key in ("lr_hidden", "lr_hidden_adamw", "lr_embed", "lr_head", "lr_scalar", "lr", "adam_eps", "esm2_eps",
                     "esm2_weight_decay", "grad_clip"):
             need(getattr(self, key) >= 0, key, "must be >= 0")
         for key in ("muon_momentum_warmup_steps", "lr_warmup_steps"):
@@ -285,9 +292,15 @@ class OptimConfig:
              "the trapezoid schedule needs a cooldown > 0")
 
     @property
+    def uses_muon(self) -> bool:
+        return self.recipe == "speedrun" and self.hidden_optimizer == "muon"
+
+    @property
     def peak_lr(self) -> float:
-        """The LR the log reports: Muon's for the speedrun recipe, AdamW's for esm2."""
-        return self.lr_hidden if self.recipe == "speedrun" else self.lr
+        """The LR the log reports: the hidden matrices' for the speedrun recipe, AdamW's for esm2."""
+        if self.recipe == "esm2":
+            return self.lr
+        return self.lr_hidden if self.uses_muon else self.lr_hidden_adamw
 
 
 def build_optimizers(param_groups: dict[str, list[nn.Parameter]], config: OptimConfig, *,
@@ -298,6 +311,8 @@ def build_optimizers(param_groups: dict[str, list[nn.Parameter]], config: OptimC
 
     recipe "speedrun" → [Muon(hidden), AdamW(embed, value_embed, head, scalar; no weight decay)], empty groups
       skipped: Muon for the hidden matrices, Adam for what Muon is not for (github.com/KellerJordan/Muon).
+      With hidden_optimizer "adamw", the hidden matrices are one more group of that AdamW (LR lr_hidden_adamw, no
+      weight decay, like Muon) and nothing else changes: the isolated Muon ablation.
     recipe "esm2" → [AdamW(all parameters)] with decoupled weight decay on every parameter, biases and norm
       weights included, as fairseq (which trained ESM2) does. fairseq adds eps to √v before bias correction, torch
       after; with eps=1e-8 the difference only matters while √v ≲ 1e-7.
@@ -313,10 +328,11 @@ def build_optimizers(param_groups: dict[str, list[nn.Parameter]], config: OptimC
                                         eps=c.esm2_eps, weight_decay=c.esm2_weight_decay, fused=fused)]
     else:
         optimizers = []
-        if param_groups.get("hidden"):
+        if param_groups.get("hidden") and c.uses_muon:
             optimizers.append(Muon([dict(params=list(param_groups["hidden"]), name="hidden")], lr=c.lr_hidden,
                                    momentum=c.muon_momentum_end, ns_steps=c.ns_steps))
-        adam_lrs = {"embed": c.lr_embed, "value_embed": c.lr_embed, "head": c.lr_head, "scalar": c.lr_scalar}
+        adam_lrs = {} if c.uses_muon else {"hidden": c.lr_hidden_adamw}
+        adam_lrs |= {"embed": c.lr_embed, "value_embed": c.lr_embed, "head": c.lr_head, "scalar": c.lr_scalar}
         adam_groups = [dict(params=list(param_groups[name]), lr=group_lr, name=name)
                        for name, group_lr in adam_lrs.items() if param_groups.get(name)]
         if adam_groups:
@@ -392,7 +408,7 @@ def schedule(config: OptimConfig, step: int, progress: float) -> tuple[float, fl
     """(LR multiplier, Muon momentum or None) at optimiser step `step` and training progress ∈ [0, 1]."""
     lr_mult = lr_multiplier(step, progress, warmup_steps=config.lr_warmup_steps, schedule=config.scheduler_type,
                             cooldown_frac=config.cooldown_frac, floor=config.lr_floor)
-    if config.recipe != "speedrun":
+    if not config.uses_muon:
         return lr_mult, None
     return lr_mult, muon_momentum_at(step, config.muon_momentum_warmup_steps, config.muon_momentum_start,
                                      config.muon_momentum_end)

@@ -33,11 +33,16 @@ def log(*a):
     print(*a, flush=True)
 
 
-def variants(adamw_lr: float, adamw_warmup_steps: int) -> dict[str, dict]:
-    """Name -> train.py keys that differ from the full recipe (seed handled separately)."""
-    return {
-        "Muon -> AdamW (ESM2 AdamW recipe, tuned LR)": dict(recipe="esm2", lr=adamw_lr,
-                                                           lr_warmup_steps=adamw_warmup_steps),
+HIDDEN_ADAMW_LRS = (1e-3, 3e-3, 1e-2)
+
+
+def variants(hidden_adamw_lrs=HIDDEN_ADAMW_LRS) -> dict[str, dict]:
+    """Name -> train.py keys that differ from the full recipe (seed handled separately). Each switches one thing;
+    the Muon ablation moves only the hidden matrices to Adam (the other Adam groups and the schedule unchanged) and
+    is run at every LR of `hidden_adamw_lrs`, since Muon's LR means nothing to Adam."""
+    muon = {f"hidden matrices: Muon -> Adam, LR {lr:g}": dict(hidden_optimizer="adamw", lr_hidden_adamw=lr)
+            for lr in hidden_adamw_lrs}
+    return muon | {
         "no UNet skips": dict(unet=False),
         "no value embeddings": dict(value_embeddings=0),
         "no soft logit cap": dict(soft_logit_cap=0.0),
@@ -72,9 +77,8 @@ def main(argv=None):
     p.add_argument("--max_length", type=int, default=512)
     p.add_argument("--n_val", type=int, default=500)
     p.add_argument("--n_evals", type=int, default=8)
-    p.add_argument("--adamw_lr", type=float, default=None,
-                   help="LR of the AdamW ablation (default: the reference's tuned LR in results/speedrun_vs_esm2.json, "
-                        "else 2e-3)")
+    p.add_argument("--hidden_adamw_lrs", type=float, nargs="+", default=list(HIDDEN_ADAMW_LRS),
+                   help="LRs of the Muon ablation (the hidden matrices on Adam); the best one is the ablation's result")
     p.add_argument("--smoke", action="store_true")
     p.add_argument("--out", default=str(harness.RESULTS / "ablations"))
     args = p.parse_args(argv)
@@ -96,13 +100,6 @@ def main(argv=None):
     calib_dir, _ = harness.prepare_data(args.max_length, 8, smoke=args.smoke, log=log)
     budget_s = 60 * args.budget_minutes
 
-    adamw_lr, lr_source = args.adamw_lr, "--adamw_lr"
-    main_results = harness.RESULTS / "speedrun_vs_esm2.json"
-    if adamw_lr is None and main_results.exists():
-        adamw_lr, lr_source = json.loads(main_results.read_text())["reference_setting"]["lr"], str(main_results)
-    if adamw_lr is None:
-        adamw_lr, lr_source = 2e-3, "default"
-
     base = dict(architecture="speedrun", recipe="speedrun", hidden_size=args.hidden_size,
                 num_hidden_layers=args.num_hidden_layers, num_attention_heads=args.num_attention_heads,
                 value_embeddings=args.value_embeddings, batch_size=args.batch_size, row_length=args.row_length,
@@ -110,9 +107,8 @@ def main(argv=None):
     # One pilot sets the validation spacing for every variant (they run at about the same speed; the curves are
     # interpolated in time anyway, so the exact spacing does not enter the result).
     sps = 2.0 if args.smoke else harness.steps_per_second("ablation_base", work, calib_dir, args.seeds[0], base, log)
-    warmup_steps = max(1, round(0.05 * sps * budget_s))  # the reference's 5% warm-up, for the AdamW variant
     todo = {f"full recipe (seed {s})": (s, {}) for s in args.seeds}
-    for name, overrides in variants(adamw_lr, warmup_steps).items():
+    for name, overrides in variants(args.hidden_adamw_lrs).items():
         if args.only is None or any(o.lower() in name.lower() for o in args.only):
             todo[name] = (args.seeds[0], overrides)
 
@@ -164,14 +160,13 @@ def main(argv=None):
     table = harness.fmt_table(rows, cols)
     log(f"\n{harness.machine_line(info)}")
     log(f"ablations: {args.budget_minutes} min of training each, size {args.hidden_size}x{args.num_hidden_layers} "
-        f"layers, {args.batch_size} tokens/step; AdamW LR {adamw_lr:g} (from {lr_source})\n{table}")
+        f"layers, {args.batch_size} tokens/step\n{table}")
     log(f"noise (other seeds of the full recipe): {json.dumps(noise)}")
     if mask_check:
         log("mask check (final checkpoints re-scored by harness.py): "
             + ", ".join(f"{k} {v:.4f}" for k, v in mask_check.items()))
 
-    results = {"machine": info, "args": vars(args), "adamw_lr": adamw_lr, "adamw_lr_source": lr_source,
-               "table": rows, "noise": noise, "mask_check": mask_check,
+    results = {"machine": info, "args": vars(args), "table": rows, "noise": noise, "mask_check": mask_check,
                "runs": {name: harness.compact(rec) for name, rec in runs.items()},
                "wall_time_s": time.time() - t_start}
     harness.write_json(out.with_suffix(".json"), results)

@@ -12,7 +12,10 @@ no target is read off one recipe's own curve. For each group and target:
 - speedup of each group over the first (the baseline) at that target: ratio of mean times, with a 95% bootstrap
   interval (runs resampled with replacement within each group, 10,000 draws, fixed seed; none with < 2 runs).
 And over the whole run: final validation loss, mean and t-interval, with Welch's t-test against the baseline.
-Read the machine columns (load average, CPU/wall) before trusting a time: a contended run is slower.
+Then, per group, what a step trained on (tokens and supervised = masked tokens per optimiser step, the training
+corruption) and the machine columns (tokens/s, CPU/wall, 1-minute load before the run): read them before trusting
+a time, since a contended run is slower and a recipe that supervises more tokens per step is not a like-for-like
+comparison.
 """
 import argparse
 import json
@@ -62,12 +65,26 @@ def bootstrap_speedup(base: list[float], other: list[float], seed: int = 0) -> t
     return float(low), float(high)
 
 
+def run_setup(run: dict) -> dict:
+    """What a run trained on per optimiser step, and how its machine behaved: the fairness columns."""
+    config, loader, machine = run["config"], run.get("loader") or {}, run.get("provenance", {}).get("machine") or {}
+    steps, world = max(run["steps"], 1), run.get("world_size", 1)
+    return {"params": run.get("n_params"), "steps": run["steps"], "tokens_per_step": run["tokens"] / steps,
+            # the loader counts what rank 0 loaded; every rank loads the same amount
+            "masked_tokens_per_step": loader["masked_tokens"] * world / steps if "masked_tokens" in loader else None,
+            "mask_rate": config.get("mask_rate"),
+            "corruption": "80/10/10" if config.get("bert_corruption") else "all <mask>",
+            "tokens_per_s": run.get("tokens_per_s"), "cpu_per_wall": machine.get("cpu_per_wall"),
+            "load_before": (machine.get("loadavg_before") or [None])[0]}
+
+
 def compare(groups: dict[str, list[dict]], deltas: list[float]) -> dict:
     controls = check_same_validation(groups)
     names = list(groups)
     baseline = names[0]
     targets = [round(controls["best"] - delta, 6) for delta in deltas]
-    out = {"controls": controls, "baseline": baseline, "targets": [], "final": {}}
+    out = {"controls": controls, "baseline": baseline, "targets": [], "final": {},
+           "setup": {name: [run_setup(run) for run in runs] for name, runs in groups.items()}}
     for target, delta in zip(targets, deltas):
         row = {"target": target, "below_best_control": delta, "groups": {}}
         times = {}
@@ -124,6 +141,20 @@ def report(result: dict) -> str:
         + f", gain {e['gain']:+.4f}" + (f", Welch p = {e['welch_vs_baseline']['p']:.2g}"
                                          if "welch_vs_baseline" in e else "")
         for name, e in result["final"].items()) + " |"]
+    lines += ["", "| group | params | steps | tokens/step | masked tokens/step | training corruption | tokens/s | CPU/wall | "
+              "load before |", "|---|---|---|---|---|---|---|---|---|"]
+    for name, setups in result["setup"].items():
+        def span(key, fmt):
+            values = [s[key] for s in setups if s[key] is not None]
+            if not values:
+                return "–"
+            low, high = min(values), max(values)
+            return format(low, fmt) if format(low, fmt) == format(high, fmt) else f"{low:{fmt}}–{high:{fmt}}"
+        corruption = sorted({f"{s['corruption']}, rate {s['mask_rate']}" for s in setups})
+        lines.append(f"| {name} | {span('params', ',')} | {span('steps', ',')} | {span('tokens_per_step', ',.0f')} | "
+                     f"{span('masked_tokens_per_step', ',.0f')} | {'; '.join(corruption)} | "
+                     f"{span('tokens_per_s', ',.0f')} | {span('cpu_per_wall', '.2f')} | {span('load_before', '.2f')} |")
+    lines.append("(validation always scores the fixed 15% masks, every chosen residue replaced by <mask>)")
     return "\n".join(lines)
 
 

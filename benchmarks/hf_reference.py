@@ -36,6 +36,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness  # noqa: E402  (also puts the repository root on sys.path)
 import config  # noqa: E402
+import controls  # noqa: E402
+import provenance  # noqa: E402
+import runlog  # noqa: E402
+from shards import find_shards  # noqa: E402
 from validation import shard_sequences  # noqa: E402
 from vocab import CLS, EOS, MASK, PAD, STANDARD_AA_IDS, VOCAB_SIZE  # noqa: E402
 
@@ -180,8 +184,12 @@ def main(argv=None):
     p.add_argument("--eval_every_s", type=float, default=30.0, help="validate every this much training time")
     p.add_argument("--seed", type=int, default=0, help="initial weights, data order and training masks")
     p.add_argument("--val_mask_seed", type=int, default=0, help="seed of the fixed validation masks (harness.py)")
+    p.add_argument("--controls", type=true_or_false, default=True,
+                   help="true (default): score train.py's no-learning controls on the same masked positions, so "
+                        "benchmarks/compare_runs.py can put this run beside train.py runs")
     p.add_argument("--output", required=True, help="JSON run record")
     args = p.parse_args(argv)
+    since, git = provenance.start(), runlog.git_state()
 
     torch.manual_seed(args.seed)
     model = build_model(args.hidden_size, args.num_hidden_layers, args.num_attention_heads, args.max_length)
@@ -191,6 +199,13 @@ def main(argv=None):
     train = PaddedBatches(shard_sequences(args.data_dir, args.data_name, "train"), args.batch_sequences,
                           args.max_length, args.seed, args.group_by_length)
     val_batches = harness.validation_batches(args.data_dir, args.data_name, args.val_mask_seed)
+    control_losses = None
+    if args.controls:  # the same fit and scoring as train.py's, before the clock starts
+        control_model = controls.fit_controls(find_shards(args.data_dir, args.data_name, "train"),
+                                              harness.VAL_MASK_RATE)
+        sums = control_model.score(controls.rows_to_sequences(val_batches))
+        control_losses = controls.summarise(sums | {"masked_tokens": int(sums["masked_tokens"])})
+        print(controls.describe(control_losses, control_model), flush=True)
 
     def hf_logits(input_ids, seq_ids):  # the padded layout: seq_ids is -1 exactly on padding
         return model(input_ids=input_ids, attention_mask=(seq_ids >= 0).long()).logits
@@ -213,7 +228,7 @@ def main(argv=None):
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98), eps=1e-8, weight_decay=0.01)
     train = PaddedBatches(train.seqs, args.batch_sequences, args.max_length, args.seed, args.group_by_length)
 
-    val, step, tokens, padded, train_time = [], 0, 0, 0, 0.0
+    val, step, tokens, padded, masked, train_time = [], 0, 0, 0, 0, 0.0
     next_eval = 0.0
     order = "length-grouped" if args.group_by_length else "random order"
     print(f"hf_reference: {n_params:,} parameters, lr {args.lr}, warm-up {args.warmup_fraction}, "
@@ -244,16 +259,21 @@ def main(argv=None):
         step += 1
         tokens += n_real
         padded += inputs.numel()
+        masked += int((labels != -100).sum())
         if not math.isfinite(loss_value):
             print(f"non-finite training loss at step {step}", flush=True)
             val.append({"step": step, "tokens": tokens, "train_time_s": train_time, "loss": float("nan")})
             break
 
+    # the training corruption, in train.py's keys (compare_runs.py reads them): BERT 15% with 80/10/10
+    run_config = vars(args) | {"mask_rate": 0.15, "bert_corruption": True}
     record = {
-        "run_id": Path(args.output).stem, "recipe": "hf_reference", "config": vars(args), "n_params": n_params,
+        "run_id": Path(args.output).stem, "recipe": "hf_reference", "config": run_config, "n_params": n_params,
         "steps": step, "tokens": tokens, "train_time_s": train_time,
         "tokens_per_s": tokens / max(train_time, 1e-9), "padding_fraction": 1 - tokens / max(padded, 1),
         "epochs_started": train.epoch + 1, "val": val, "final_val_loss": val[-1]["loss"],
+        "controls": control_losses, "world_size": 1, "loader": {"masked_tokens": masked, "real_tokens": tokens},
+        "git": git, "provenance": {"machine": provenance.machine_usage(since)},
         "status": "ok" if math.isfinite(val[-1]["loss"]) else "diverged",
     }
     harness.write_json(Path(args.output), record)

@@ -1,5 +1,6 @@
 """The code behind the benchmarks' numbers: time-to-loss readings, the reference's masking, LR schedule and
 length-grouped batches, and the training clock. Expected values are worked out by hand in the comments."""
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -44,6 +45,28 @@ def test_ratio_at_worse_loss():
     # the worse final loss is 2.5: full reaches it at 20 s, the slower run at 40 s
     assert ablations.ratio_at_worse_loss(full, slower) == (2.5, pytest.approx(2.0))
     assert ablations.ratio_at_worse_loss(full, {"val": [], "final_val_loss": None}) == (None, None)
+
+
+def test_each_ablation_is_a_valid_config_that_switches_one_thing():
+    """Every variant is accepted by train.py's parser; the Muon ablation keeps every optimiser setting but the
+    hidden matrices' (they move to Adam at the swept LR)."""
+    import optim
+    import train
+    base = optim.OptimConfig()
+    for name, overrides in ablations.variants().items():
+        argv = [f"--{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in overrides.items()]
+        config, given = train.parse_config(argv)
+        assert given == set(overrides), name
+        if "Muon -> Adam" in name:
+            assert set(overrides) == {"hidden_optimizer", "lr_hidden_adamw"}
+            assert not config.optim.uses_muon and config.optim.recipe == "speedrun"
+            changed = {f.name for f in dataclasses.fields(base)
+                       if getattr(base, f.name) != getattr(config.optim, f.name)}
+            assert "hidden_optimizer" in changed and changed <= {"hidden_optimizer", "lr_hidden_adamw"}
+        else:
+            assert len(overrides) == 1, name
+    lrs = [v["lr_hidden_adamw"] for v in ablations.variants().values() if "lr_hidden_adamw" in v]
+    assert lrs == list(ablations.HIDDEN_ADAMW_LRS) and len(set(lrs)) >= 3  # swept, not one guessed LR
 
 
 def test_bert_mask_rates_and_replacements():

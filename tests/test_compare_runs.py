@@ -20,7 +20,11 @@ def run(path: Path, slope: float, final_time: float = 100.0, controls=CONTROLS) 
     """A run whose validation loss is 2.9 - slope·t, validated every 10 s."""
     val = [{"step": k, "train_time_s": t, "tokens": 100 * k, "loss": 2.9 - slope * t}
            for k, t in enumerate(np.arange(0.0, final_time + 1e-9, 10.0))]
-    path.write_text(json.dumps({"status": "ok", "val": val, "controls": controls}))
+    path.write_text(json.dumps({"status": "ok", "val": val, "controls": controls, "steps": 50, "tokens": 50 * 4000, "n_params": 1234,
+                                "world_size": 1, "tokens_per_s": 2000.0,
+                                "config": {"mask_rate": 0.3, "bert_corruption": False},
+                                "loader": {"masked_tokens": 50 * 1200},
+                                "provenance": {"machine": {"cpu_per_wall": 0.99, "loadavg_before": [0.1, 0.2, 0.3]}}}))
     return str(path)
 
 
@@ -46,6 +50,11 @@ def test_times_speedups_and_welch(tmp_path):
         stats.ttest_ind(finals_fast, finals_slow, equal_var=False).pvalue)
     text = compare_runs.report(result)
     assert f"{speedup['mean']:.2f}× [{low:.2f}, {high:.2f}]" in text and "Welch p" in text
+    # the fairness columns: 200,000 tokens and 60,000 masked tokens over 50 steps
+    assert result["setup"]["fast"][0] == {"params": 1234, "steps": 50, "tokens_per_step": 4000.0, "masked_tokens_per_step": 1200.0,
+                                          "mask_rate": 0.3, "corruption": "all <mask>", "tokens_per_s": 2000.0,
+                                          "cpu_per_wall": 0.99, "load_before": 0.1}
+    assert "| fast | 1,234 | 50 | 4,000 | 1,200 | all <mask>, rate 0.3 | 2,000 | 0.99 | 0.10 |" in text
 
 
 def test_a_group_that_does_not_all_reach_a_target_gets_no_mean(tmp_path):

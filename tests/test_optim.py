@@ -344,6 +344,37 @@ def test_speedrun_split_and_adam_part_equal_torch_adamw():
             assert not torch.equal(got, start)
 
 
+def test_hidden_adamw_switches_only_the_hidden_optimiser():
+    """The isolated Muon ablation: the hidden matrices move into the same Adam (own LR, no weight decay), the other
+    groups and the schedule are unchanged, and the result equals one hand-built torch AdamW."""
+    groups = make_param_groups()
+    reference = clone_groups(groups)
+    config = OptimConfig(**LRS, hidden_optimizer="adamw", lr_hidden_adamw=0.004)
+    (adam,) = build_optimizers(groups, config, all_params=[p for ps in groups.values() for p in ps])
+    assert type(adam) is torch.optim.AdamW
+    assert [g["name"] for g in adam.param_groups] == ["hidden", "embed", "value_embed", "head", "scalar"]
+    assert config.peak_lr == 0.004 and not config.uses_muon
+    lrs = dict(hidden=0.004, embed=LRS["lr_embed"], value_embed=LRS["lr_embed"], head=LRS["lr_head"],
+               scalar=LRS["lr_scalar"])
+    hand_built = torch.optim.AdamW([dict(params=reference[name], lr=lr) for name, lr in lrs.items()],
+                                   betas=(0.8, 0.95), eps=1e-10, weight_decay=0.0)
+    for step in range(4):
+        set_grads(groups, step)
+        set_grads(reference, step)
+        adam.step()
+        hand_built.step()
+    for name in lrs:
+        for got, want in zip(groups[name], reference[name]):
+            torch.testing.assert_close(got, want, rtol=0, atol=1e-7)
+    # the schedule: same LR multiplier as the Muon recipe, and no Muon momentum to set
+    muon_config = OptimConfig(**LRS)
+    assert optim_schedule(config, 7, 0.8) == (optim_schedule(muon_config, 7, 0.8)[0], None)
+    with pytest.raises(ValueError, match="^hidden_optimizer:"):
+        OptimConfig(hidden_optimizer="sgd")
+    with pytest.raises(ValueError, match="^hidden_optimizer: only the speedrun recipe"):
+        OptimConfig(recipe="esm2", hidden_optimizer="adamw")
+
+
 def test_settings_reach_the_groups_and_bad_values_are_named():
     muon, adam = build_optimizers(make_param_groups(), OptimConfig(muon_momentum_end=0.9, ns_steps=4, lr_embed=0.5))
     assert adam.param_groups[1]["name"] == "value_embed" and adam.param_groups[1]["lr"] == 0.5

@@ -1,0 +1,99 @@
+"""benchmarks/sweep.py: the choice of LR and the edge rule against hand-worked grids, resuming without rerunning,
+failed runs, refused flags, and one real (tiny) sweep through train.py."""
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import sweep  # noqa: E402
+
+
+def test_pick_and_the_edge_rule():
+    assert sweep.pick({1e-3: [2.9], 3e-3: [2.8], 1e-2: [2.85]}) == (3e-3, None)
+    assert sweep.pick({1e-3: [2.9], 3e-3: [2.8], 1e-2: [2.7]}) == (1e-2, "high")
+    assert sweep.pick({1e-3: [2.7], 3e-3: [2.8]}) == (1e-3, "low")
+    # the mean over seeds decides: 3e-3 has the best single run but the worse mean
+    assert sweep.pick({1e-3: [2.80, 2.80], 3e-3: [2.70, 2.95], 1e-2: [2.9, 2.9]}) == (1e-3, "low")
+    assert sweep.pick({1e-3: [2.9], 3e-3: [math.inf], 1e-2: [2.95]}) == (1e-3, "low")  # a diverged point loses
+    assert sweep.extend([1e-3, 3e-3, 1e-2], "high") == pytest.approx(1e-2 * 10 / 3)
+    assert sweep.extend([1e-3, 3e-3, 1e-2], "low") == pytest.approx(1e-3 / 3)
+    with pytest.raises(ValueError):
+        sweep.extend([1e-3], "low")
+    assert sweep.final_loss({"status": "ok", "final_val_loss": 2.8}) == 2.8
+    assert sweep.final_loss({"status": "diverged", "final_val_loss": 2.8}) == math.inf
+    assert sweep.final_loss(None) == math.inf
+
+
+def fake_runner(calls: list, loss_of_lr, fail_lrs=()):
+    """Stands in for harness.run_logged: writes the record train.py would write, with a loss set by the LR."""
+    def run_logged(cmd, log_path, log=print):
+        args = [str(c) for c in cmd]
+        lr, seed = float(args[args.index("--lr") + 1]), int(args[args.index("--seed") + 1])
+        stem = args[args.index("--log_name") + 1]
+        out = Path(args[args.index("--log_dir") + 1])
+        calls.append((stem, lr, seed, float(args[args.index("--max_train_time_hours") + 1])))
+        status = "diverged" if lr in fail_lrs else "ok"
+        (out / f"{stem}.json").write_text(json.dumps({"status": status, "final_val_loss": loss_of_lr(lr) + seed / 1000}))
+        return 0
+    return run_logged
+
+
+def test_sweep_extends_past_the_edge_then_runs_the_seeds_and_resumes(tmp_path, monkeypatch):
+    # loss = 2.8 + ln(lr / 5e-3)²: grid {1e-3, 2e-3} -> best 2e-3 at the high edge -> 4e-3 (still the edge)
+    # -> 8e-3: now 4e-3 (ln 0.8)² = 0.050 beats 8e-3 (ln 1.6)² = 0.221, an interior point after two extensions
+    calls = []
+    monkeypatch.setattr(sweep.harness, "run_logged", fake_runner(calls, lambda lr: 2.8 + math.log(lr / 5e-3) ** 2))
+    argv = ["--out", str(tmp_path), "--lrs", "1e-3", "2e-3", "--screen_minutes", "6", "--screen_seeds", "1", "2",
+            "--minutes", "12", "--seeds", "3", "4", "--", "--yaml_path", "x.yaml"]
+    result = sweep.main(argv)
+    assert [row["lr"] for row in result["screen"]] == pytest.approx([1e-3, 2e-3, 4e-3, 8e-3])
+    assert result["best_lr"] == pytest.approx(4e-3) and result["at_edge"] is None
+    screen_calls = [c for c in calls if c[0].startswith("screen")]
+    assert len(screen_calls) == 8 and {c[2] for c in screen_calls} == {1, 2}
+    assert all(c[3] == pytest.approx(0.1) for c in screen_calls)                    # 6 minutes of clock
+    assert [(c[1], c[2], c[3]) for c in calls[8:]] == [(pytest.approx(4e-3), 3, pytest.approx(0.2)),
+                                                      (pytest.approx(4e-3), 4, pytest.approx(0.2))]
+    row = next(r for r in result["screen"] if r["lr"] == pytest.approx(4e-3))
+    assert row["mean"] == pytest.approx(2.8 + math.log(0.8) ** 2 + 0.0015)  # seeds 1 and 2 add 1e-3 and 2e-3
+    assert json.loads((tmp_path / "sweep.json").read_text())["best_lr"] == pytest.approx(4e-3)
+    # a second call finds every record and reruns nothing
+    calls.clear()
+    assert sweep.main(argv)["best_lr"] == pytest.approx(4e-3) and calls == []
+
+
+def test_a_diverged_lr_is_not_chosen_and_the_edge_is_reported(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(sweep.harness, "run_logged", fake_runner(calls, lambda lr: 3.0 - lr, fail_lrs=(3e-3,)))
+    result = sweep.main(["--out", str(tmp_path), "--lrs", "1e-3", "3e-3", "--screen_minutes", "1",
+                         "--max_extensions", "0", "--minutes", "1", "--seeds", "1"])
+    assert result["best_lr"] == 1e-3 and result["at_edge"] == "low"
+    assert "still at the low edge" in sweep.report(result)
+
+
+@pytest.mark.parametrize("extra, flag", [(["--seed", "3"], "--seed"), (["--lr=1e-3"], "--lr"),
+                                         (["--log_dir", "x"], "--log_dir")])
+def test_flags_the_sweep_sets_are_refused_after_the_separator(tmp_path, extra, flag, capsys):
+    with pytest.raises(SystemExit):
+        sweep.main(["--out", str(tmp_path), "--lrs", "1e-3", "3e-3", "--screen_minutes", "1", "--minutes", "1",
+                    "--seeds", "1", "--", *extra])
+    assert f"{flag} after '--'" in capsys.readouterr().err
+
+
+def test_a_real_tiny_sweep_through_train_py(tmp_path):
+    """The command the sweep builds is one train.py accepts, and its records land where the sweep reads them."""
+    result = sweep.main(["--out", str(tmp_path), "--lr_key", "lr_hidden", "--lrs", "0.02", "0.05",
+                         "--screen_minutes", "0.01", "--max_extensions", "0", "--minutes", "0.01", "--seeds", "1",
+                         "--", "--data_dir", str(ROOT / "data" / "demo"), "--data_name", "demo",
+                         "--hidden_size", "32", "--num_attention_heads", "2", "--num_hidden_layers", "2",
+                         "--value_embeddings", "1", "--batch_size", "2048", "--row_length", "512",
+                         "--max_length", "512", "--num_workers", "0", "--num_steps", "4", "--eval_every", "2",
+                         "--controls", "false"])
+    for stem in ("screen_lr0.02_s1", "screen_lr0.05_s1", "final_s1"):
+        record = json.loads((tmp_path / f"{stem}.json").read_text())
+        assert record["status"] == "ok" and record["config"]["seed"] == 1
+    assert json.loads((tmp_path / "screen_lr0.02_s1.json").read_text())["config"]["lr_hidden"] == 0.02
+    assert result["best_lr"] in (0.02, 0.05) and len(result["final"]) == 1
