@@ -121,7 +121,9 @@ def parse(sections: dict[str, type], argv: list[str]) -> tuple[dict[str, object]
     """Defaults, then `--yaml_path FILE`, then `--key value` / `--key=value` -> ({section: config}, keys set).
 
     Strict: an unknown key (with the closest known key suggested), a removed key (with what to use instead), a
-    value of the wrong type, a token passed as a key, or a rule a component's config breaks raises ConfigError.
+    value of the wrong type, a token passed as a key, a rule a component's config breaks, or a key given on the
+    command line that has no effect under the rest of the config (`inert`, e.g. `--lr_hidden` with
+    `recipe: esm2`) raises ConfigError.
     """
     table = key_table(sections)
     cli: list[tuple[str, object]] = []
@@ -173,7 +175,20 @@ def parse(sections: dict[str, type], argv: list[str]) -> tuple[dict[str, object]
             configs[section] = cls(**{k: v for k, v in values.items() if table[k][0] == section})
         except ValueError as e:  # each component's own check, which names its key
             raise ConfigError(str(e)) from None
+    for key, reason in inert(configs, {key for key, _ in cli}).items():
+        raise ConfigError(f"--{key}: set on the command line, but it has no effect {reason}: remove it")
     return configs, set(values)
+
+
+def inert(configs: dict[str, object], keys: set[str]) -> dict[str, str]:
+    """Those of `keys` that have no effect under the parsed configs (each component's `inert_keys()`), with the
+    reason. `parse` refuses them on the command line; train.py logs a warning for those a YAML sets (a YAML key that
+    a command-line switch such as `--recipe esm2` made inert is an override, not a mistake, but it is said)."""
+    out = {}
+    for part in configs.values():
+        reasons = part.inert_keys() if hasattr(part, "inert_keys") else {}
+        out |= {key: reasons[key] for key in sorted(keys & set(reasons))}
+    return out
 
 
 def field_comments(cls: type) -> dict[str, str]:

@@ -201,6 +201,8 @@ class Muon(torch.optim.Optimizer):
 PARAM_GROUP_NAMES = ("hidden", "embed", "value_embed", "head", "scalar")
 RECIPES = ("speedrun", "esm2")
 HIDDEN_OPTIMIZERS = ("muon", "adamw")
+MUON_KEYS = ("muon_momentum_start", "muon_momentum_end", "muon_momentum_warmup_steps", "ns_steps")
+ESM2_KEYS = ("lr", "esm2_betas", "esm2_eps", "esm2_weight_decay")
 SCHEDULES = ("constant", "cosine", "linear", "trapezoid")
 
 
@@ -290,6 +292,25 @@ class OptimConfig:
         need(0 <= self.cooldown_frac <= 1, "cooldown_frac", "must be in [0, 1]")
         need(self.scheduler_type != "trapezoid" or self.cooldown_frac > 0, "cooldown_frac",
              "the trapezoid schedule needs a cooldown > 0")
+
+    def inert_keys(self) -> dict[str, str]:
+        """Keys that do nothing under this config, each with the reason (config.inert): refused when given on the
+        command line, a logged warning when a YAML sets them, so that no value is silently ignored."""
+        speedrun = ("lr_hidden", "lr_embed", "lr_head", "lr_scalar", "adam_betas", "adam_eps", "hidden_optimizer",
+                    "lr_hidden_adamw") + MUON_KEYS
+        if self.recipe == "esm2":
+            inert = {key: "with recipe esm2 (it belongs to the speedrun recipe)" for key in speedrun}
+        else:
+            inert = {key: "with recipe speedrun (it belongs to the esm2 recipe)" for key in ESM2_KEYS}
+            if self.uses_muon:
+                inert["lr_hidden_adamw"] = "with hidden_optimizer muon (it is the LR of hidden_optimizer adamw)"
+            else:
+                inert |= {key: "with hidden_optimizer adamw (no Muon is built)" for key in ("lr_hidden",) + MUON_KEYS}
+        if self.scheduler_type != "trapezoid":
+            inert["cooldown_frac"] = f"with scheduler_type {self.scheduler_type} (only the trapezoid has a cooldown)"
+        if self.scheduler_type == "constant":
+            inert["lr_floor"] = "with scheduler_type constant (the LR never decays)"
+        return inert
 
     @property
     def uses_muon(self) -> bool:

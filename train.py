@@ -251,6 +251,8 @@ def main(argv: list[str]) -> dict:
     git = runlog.git_state()  # at the start: files edited while the run goes must not change what it reports
     record.write(f"run id: {run_id}\nkeys set by YAML/CLI: {sorted(given)}\n"
                  + runlog.environment_report(device, proc.world_size, git))
+    for key, reason in config.inert(vars(cfg), given).items():  # only YAML keys are left: parse refused the CLI ones
+        record.write(f"warning: {key} (set in the YAML) has no effect {reason}")
     prov = provenance.RunProvenance(sources, data.data_dir, data.data_name, device, proc.world_size, run_start,
                                     hash_data=master)  # code and shard hashes, hardware: what records.py checks
     record.write(prov.header())

@@ -17,7 +17,9 @@
 Everything after `--` goes to the program unchanged (train.py keys, or hf_reference.py flags). The sweep sets the
 LR key, the seed, the clock and where the record goes; giving those after `--` as well is refused. Every run is a
 separate process with one thread (harness.run_logged), one after another. Runs whose JSON record already exists
-with status ok are kept, not rerun, so a sweep cut short by the end of a session resumes where it stopped.
+with status ok are kept, not rerun, so a sweep cut short by the end of a session resumes where it stopped, and
+calling it once per seed for each recipe in turn interleaves the recipes' seed runs (`final` in sweep.json lists
+every seed run in the folder, each checked to be at the chosen LR and clock).
 `{out}/sweep.json` holds the screen table, the chosen LR and the seed runs; compare groups with
 `benchmarks/compare_runs.py --group NAME {out}/final_s*.json …`.
 """
@@ -100,6 +102,23 @@ class Sweep:
                           "final_val_loss": record.get("final_val_loss")})
         return record
 
+    def final_runs(self, best: float) -> list[dict]:
+        """Every seed run in the folder (earlier calls' too: calling the sweep once per seed for each recipe in
+        turn interleaves recipes), each checked to be at the chosen LR and clock."""
+        finals = []
+        for path in sorted(self.out.glob("final_s*.json")):
+            record = json.loads(path.read_text())
+            config = record.get("config") or {}
+            lr = config.get(self.args.lr_key)
+            minutes = (60 * config["max_train_time_hours"] if "max_train_time_hours" in config
+                       else config.get("budget_s", 0) / 60)
+            if lr is None or not math.isclose(lr, best, rel_tol=1e-9) or not math.isclose(minutes, self.args.minutes,
+                                                                                          rel_tol=1e-6):
+                raise SystemExit(f"sweep.py: {path} ran at {self.args.lr_key} {lr} for {minutes:g} min, not at the "
+                                 f"chosen {lr_label(best)} for {self.args.minutes:g} min: move it away first")
+            finals.append({"seed": config.get("seed"), "path": str(path), "final_val_loss": final_loss(record)})
+        return finals
+
     def screen_point(self, lr: float) -> list[float]:
         return [final_loss(self.run(f"screen_lr{lr_label(lr)}_s{seed}", lr, seed, self.args.screen_minutes))
                 for seed in self.args.screen_seeds]
@@ -117,14 +136,15 @@ class Sweep:
             best, edge = pick(screen)
         if not math.isfinite(min(sum(v) / len(v) for v in screen.values())):
             raise SystemExit("sweep.py: every screened LR failed or diverged: see the .out files in " + str(self.out))
-        finals = [self.run(f"final_s{seed}", best, seed, self.args.minutes) for seed in self.args.seeds]
+        for seed in self.args.seeds:
+            self.run(f"final_s{seed}", best, seed, self.args.minutes)
+        finals = self.final_runs(best)
         result = {"program": self.args.program, "lr_key": self.args.lr_key, "passthrough": self.passthrough,
                   "screen_minutes": self.args.screen_minutes, "minutes": self.args.minutes,
                   "screen": [{"lr": lr, "finals": losses, "mean": sum(losses) / len(losses)}
                              for lr, losses in sorted(screen.items())],
                   "best_lr": best, "at_edge": edge,
-                  "final": [{"seed": seed, "final_val_loss": final_loss(rec)} for seed, rec in
-                            zip(self.args.seeds, finals)],
+                  "final": finals,
                   "runs": self.runs, "wall_time_s": time.time() - t0}
         harness.write_json(self.out / "sweep.json", result)
         self.log(report(result))

@@ -65,6 +65,19 @@ def test_a_group_that_does_not_all_reach_a_target_gets_no_mean(tmp_path):
     assert "1/2 reached" in compare_runs.report(result)
 
 
+def test_a_target_the_baseline_never_reaches_gets_a_lower_bound(tmp_path):
+    # baseline: 2.9 - 0.0002·t reaches 2.88 at 100 s, never 2.83 (0.07 / 0.0002 = 350 s > 100 s of clock);
+    # the fast group reaches 2.83 at 0.07 / slope: the speedup is at least 100 s over the mean of those times
+    slow = [run(tmp_path / f"s{i}.json", s) for i, s in enumerate((0.0002, 0.00021))]
+    fast = [run(tmp_path / f"f{i}.json", s) for i, s in enumerate((0.002, 0.0021))]
+    result = compare_runs.compare({"slow": compare_runs.load_group(slow), "fast": compare_runs.load_group(fast)},
+                                  [0.01])
+    entry = result["targets"][0]["groups"]["fast"]
+    bound = 100 / np.mean([0.07 / 0.002, 0.07 / 0.0021])
+    assert "speedup" not in entry and entry["speedup_at_least"] == pytest.approx(bound)
+    assert f"> {bound:.2f}× (the baseline never reached it)" in compare_runs.report(result)
+
+
 def test_runs_on_other_masks_are_refused(tmp_path):
     other = dict(CONTROLS, masked_tokens=999)
     a, b = run(tmp_path / "a.json", 0.002), run(tmp_path / "b.json", 0.002, controls=other)

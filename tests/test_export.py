@@ -342,13 +342,15 @@ def test_model_card_without_the_json_uses_train_state(tiny_run, tmp_path):
 
 
 def test_model_card_from_an_older_record_without_controls(tmp_path):
-    """logs_to_keep/cpu_demo.json predates the controls: the card says so instead of failing."""
-    record = json.loads((ROOT / "logs_to_keep" / "cpu_demo.json").read_text())
+    """logs_to_keep/cpu_demo_v1/cpu_demo.json (the demo before its retune) predates the controls: the card says so
+    instead of failing."""
+    run_json = ROOT / "logs_to_keep" / "cpu_demo_v1" / "cpu_demo.json"
+    record = json.loads(run_json.read_text())
     names = {f.name for f in dataclasses.fields(ModelConfig)}
     ckpt = tmp_path / "cpu_demo" / "step_000077"  # the checkpoint that JSON lists
     ckpt.mkdir(parents=True)
     checkpoint.save_model(build(ModelConfig(**{k: v for k, v in record["config"].items() if k in names})), ckpt)
-    folder, notes = export.export_checkpoint(ckpt, tmp_path / "out", run_json=ROOT / "logs_to_keep" / "cpu_demo.json")
+    folder, notes = export.export_checkpoint(ckpt, tmp_path / "out", run_json=run_json)
     card = (folder / "README.md").read_text()
     assert "has no no-learning controls" in card and f"**{record['final_val_loss']:.4f} nats**" in card
     assert yaml.safe_load((folder / "training_config.yaml").read_text())["hidden_size"] == 128

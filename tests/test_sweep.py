@@ -35,9 +35,12 @@ def fake_runner(calls: list, loss_of_lr, fail_lrs=()):
         lr, seed = float(args[args.index("--lr") + 1]), int(args[args.index("--seed") + 1])
         stem = args[args.index("--log_name") + 1]
         out = Path(args[args.index("--log_dir") + 1])
-        calls.append((stem, lr, seed, float(args[args.index("--max_train_time_hours") + 1])))
+        hours = float(args[args.index("--max_train_time_hours") + 1])
+        calls.append((stem, lr, seed, hours))
         status = "diverged" if lr in fail_lrs else "ok"
-        (out / f"{stem}.json").write_text(json.dumps({"status": status, "final_val_loss": loss_of_lr(lr) + seed / 1000}))
+        (out / f"{stem}.json").write_text(json.dumps({
+            "status": status, "final_val_loss": loss_of_lr(lr) + seed / 1000,
+            "config": {"lr": lr, "seed": seed, "max_train_time_hours": hours}}))
         return 0
     return run_logged
 
@@ -63,6 +66,14 @@ def test_sweep_extends_past_the_edge_then_runs_the_seeds_and_resumes(tmp_path, m
     # a second call finds every record and reruns nothing
     calls.clear()
     assert sweep.main(argv)["best_lr"] == pytest.approx(4e-3) and calls == []
+    # one seed per call (how recipes are interleaved): the seed runs accumulate, the screen is not rerun
+    result = sweep.main(argv[:argv.index("--seeds") + 1] + ["5"] + argv[argv.index("--seeds") + 3:])
+    assert [c[2] for c in calls] == [5] and [r["seed"] for r in result["final"]] == [3, 4, 5]
+    # a seed run at another LR or clock is refused, not mixed in
+    (tmp_path / "final_s9.json").write_text(json.dumps({"status": "ok", "final_val_loss": 2.9,
+                                                        "config": {"lr": 1e-3, "seed": 9, "max_train_time_hours": 0.2}}))
+    with pytest.raises(SystemExit, match="final_s9.json ran at lr 0.001"):
+        sweep.main(argv)
 
 
 def test_a_diverged_lr_is_not_chosen_and_the_edge_is_reported(tmp_path, monkeypatch):

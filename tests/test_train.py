@@ -152,6 +152,34 @@ def test_wrong_values_and_combinations_are_named(argv, key):
         train.parse_config(argv)
 
 
+@pytest.mark.parametrize("argv, key, reason", [
+    (["--recipe", "esm2", "--lr_hidden", "0.1"], "lr_hidden", "with recipe esm2"),
+    (["--lr", "1e-3"], "lr", "with recipe speedrun"),
+    (["--hidden_optimizer", "adamw", "--muon_momentum_warmup_steps", "10"], "muon_momentum_warmup_steps",
+     "with hidden_optimizer adamw"),
+    (["--lr_hidden_adamw", "1e-3"], "lr_hidden_adamw", "with hidden_optimizer muon"),
+    (["--scheduler_type", "cosine", "--cooldown_frac", "0.2"], "cooldown_frac", "with scheduler_type cosine"),
+    (["--scheduler_type", "constant", "--lr_floor", "0.2"], "lr_floor", "with scheduler_type constant"),
+])
+def test_a_key_without_effect_on_the_command_line_is_refused(argv, key, reason):
+    with pytest.raises(train.ConfigError, match=rf"^--{key}: set on the command line, but it has no effect {reason}"):
+        train.parse_config(argv)
+
+
+def test_a_yaml_key_made_inert_by_the_command_line_is_a_logged_warning(tiny_data, tmp_path):
+    """`--scheduler_type cosine` over a YAML with a trapezoid cooldown: an override, not a mistake, but said."""
+    path = tmp_path / "trapezoid.yaml"
+    path.write_text("cooldown_frac: 0.3\n")
+    summary = train.main(["--yaml_path", str(path), *tiny_args(tiny_data, tmp_path, "inert", num_steps=2,
+                                                               scheduler_type="cosine", controls=False)])
+    assert summary["status"] == "ok"
+    assert ("warning: cooldown_frac (set in the YAML) has no effect with scheduler_type cosine"
+            in (tmp_path / "logs" / "inert.txt").read_text())
+    # the same key with the trapezoid it belongs to: no warning
+    train.main(["--yaml_path", str(path), *tiny_args(tiny_data, tmp_path, "used", num_steps=2, controls=False)])
+    assert "warning: cooldown_frac" not in (tmp_path / "logs" / "used.txt").read_text()  # (the log holds the code)
+
+
 def test_config_error_stops_before_any_work(tmp_path):
     """Through the command line: one clear message naming the key, a non-zero exit, and nothing written."""
     proc = subprocess.run([sys.executable, "train.py", "--lr_hiden", "0.1", "--log_dir", str(tmp_path / "logs")],
