@@ -1,6 +1,6 @@
 """Ablations: the speedrun recipe with one idea switched off at a time, same data, same training-time budget.
 
-    python benchmarks/ablations.py --budget_minutes 1.25       # the numbers in docs/RESULTS.md (~21 min)
+    python benchmarks/ablations.py --budget_minutes 1.25       # the numbers in docs/RESULTS.md (~25 min)
     python benchmarks/ablations.py --smoke                     # ~1 min: two seeds and one ablation, tiny
 
 The base is the speedrun recipe of speedrun_vs_esm2.py at the same size and batch. Each variant changes one thing

@@ -108,3 +108,18 @@ def test_a_real_tiny_sweep_through_train_py(tmp_path):
         assert record["status"] == "ok" and record["config"]["seed"] == 1
     assert json.loads((tmp_path / "screen_lr0.02_s1.json").read_text())["config"]["lr_hidden"] == 0.02
     assert result["best_lr"] in (0.02, 0.05) and len(result["final"]) == 1
+
+
+def test_a_real_tiny_sweep_through_the_hf_reference(tmp_path):
+    """The same for hf_reference.py: its flags, its record, and controls that compare_runs.py accepts."""
+    pytest.importorskip("transformers")
+    result = sweep.main(["--program", "hf_reference", "--out", str(tmp_path), "--lrs", "1e-3", "3e-3",
+                         "--screen_minutes", "0.01", "--max_extensions", "0", "--minutes", "0.01", "--seeds", "2",
+                         "--", "--data_dir", str(ROOT / "data" / "demo"), "--data_name", "demo", "--hidden_size", "16",
+                         "--num_hidden_layers", "1", "--num_attention_heads", "2", "--batch_sequences", "4",
+                         "--max_length", "128", "--eval_every_s", "0.3"])
+    final = json.loads((tmp_path / "final_s2.json").read_text())
+    assert final["status"] == "ok" and final["config"]["seed"] == 2 and final["config"]["lr"] == result["best_lr"]
+    assert final["controls"]["masked_tokens"] > 0 and final["loader"]["masked_tokens"] > 0
+    import compare_runs
+    compare_runs.compare({"hf": compare_runs.load_group([str(tmp_path / "final_s2.json")])}, [0.0])
