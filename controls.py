@@ -117,11 +117,12 @@ class ControlModel:
 
 
 def summarise(sums: dict) -> dict:
-    """Summed NLLs -> the controls' losses per masked token, the best control and its name."""
+    """Summed NLLs -> the controls' losses per masked token, the best control and its name (and the masked-token
+    count as an int, whatever number type the sums came in: a cross-rank sum returns floats)."""
     n = max(sums["masked_tokens"], 1)
     losses = {name: sums[name] / n for name in NAMES}
     best = min(NAMES, key=losses.get)
-    return losses | {"best": losses[best], "best_name": best, "masked_tokens": sums["masked_tokens"]}
+    return losses | {"best": losses[best], "best_name": best, "masked_tokens": int(sums["masked_tokens"])}
 
 
 def flatten(sequences) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -289,7 +289,7 @@ def main(argv: list[str]) -> dict:
         sums = control_model.score(controls.rows_to_sequences(val_batches))
         keys = sorted(sums)  # each rank scored its own rows
         sums = dict(zip(keys, proc.sum([float(sums[k]) for k in keys])))
-        control_losses = controls.summarise(sums | {"masked_tokens": int(sums["masked_tokens"])})
+        control_losses = controls.summarise(sums)
         record.write(controls.describe(control_losses, control_model)
                      + f"; {time.perf_counter() - t_controls:.1f} s, outside the clock")
 

@@ -204,7 +204,7 @@ def main(argv=None):
         control_model = controls.fit_controls(find_shards(args.data_dir, args.data_name, "train"),
                                               harness.VAL_MASK_RATE)
         sums = control_model.score(controls.rows_to_sequences(val_batches))
-        control_losses = controls.summarise(sums | {"masked_tokens": int(sums["masked_tokens"])})
+        control_losses = controls.summarise(sums)
         print(controls.describe(control_losses, control_model), flush=True)
 
     def hf_logits(input_ids, seq_ids):  # the padded layout: seq_ids is -1 exactly on padding

@@ -35,7 +35,7 @@ import harness  # noqa: E402  (also puts the repository root on sys.path)
 
 PROGRAMS = ("train", "hf_reference")
 SET_BY_SWEEP = {"train": ("--seed", "--max_train_time_hours", "--log_dir", "--log_name", "--save_dir"),
-                "hf_reference": ("--seed", "--budget_s", "--output", "--lr")}
+                "hf_reference": ("--seed", "--budget_s", "--output")}  # and --{lr_key} for both
 
 
 def command(program: str, lr_key: str, lr: float, seed: int, minutes: float, out: Path, stem: str,
@@ -184,7 +184,7 @@ def main(argv=None) -> dict:
         p.error("--lrs: at least two distinct positive LRs")
     if args.program == "hf_reference" and args.lr_key != "lr":
         p.error("--lr_key: hf_reference.py has one LR, --lr")
-    for flag in SET_BY_SWEEP[args.program] + (() if args.program == "hf_reference" else (f"--{args.lr_key}",)):
+    for flag in SET_BY_SWEEP[args.program] + (f"--{args.lr_key}",):
         if any(a == flag or a.startswith(flag + "=") for a in passthrough):
             p.error(f"{flag} after '--': the sweep sets it for each run")
     return Sweep(args, passthrough).main()

@@ -306,6 +306,19 @@ def clone_groups(param_groups):
     return {name: [torch.nn.Parameter(p.detach().clone()) for p in params] for name, params in param_groups.items()}
 
 
+def step_alongside(optimizer, hand_built, groups, reference, names, steps: int = 4) -> None:
+    """Step `optimizer` (on `groups`) and a hand-built torch optimiser (on `reference`, a clone) with the same
+    gradients, then check that the parameters of the groups in `names` agree to 1e-7."""
+    for step in range(steps):
+        set_grads(groups, step)
+        set_grads(reference, step)
+        optimizer.step()
+        hand_built.step()
+    for name in names:
+        for got, want in zip(groups[name], reference[name]):
+            torch.testing.assert_close(got, want, rtol=0, atol=1e-7)
+
+
 LRS = dict(lr_hidden=0.03, lr_embed=0.07, lr_head=0.009, lr_scalar=0.05)
 
 
@@ -333,14 +346,9 @@ def test_speedrun_split_and_adam_part_equal_torch_adamw():
         eps=1e-10,
         weight_decay=0.0,
     )
-    for step in range(4):
-        set_grads(groups, step)
-        set_grads(reference, step)
-        adam.step()
-        hand_built.step()
+    step_alongside(adam, hand_built, groups, reference, ("embed", "value_embed", "head", "scalar"))
     for name in ("embed", "value_embed", "head", "scalar"):
-        for got, want, start in zip(groups[name], reference[name], initial[name]):
-            torch.testing.assert_close(got, want, rtol=0, atol=1e-7)
+        for got, start in zip(groups[name], initial[name]):
             assert not torch.equal(got, start)
 
 
@@ -358,14 +366,7 @@ def test_hidden_adamw_switches_only_the_hidden_optimiser():
                scalar=LRS["lr_scalar"])
     hand_built = torch.optim.AdamW([dict(params=reference[name], lr=lr) for name, lr in lrs.items()],
                                    betas=(0.8, 0.95), eps=1e-10, weight_decay=0.0)
-    for step in range(4):
-        set_grads(groups, step)
-        set_grads(reference, step)
-        adam.step()
-        hand_built.step()
-    for name in lrs:
-        for got, want in zip(groups[name], reference[name]):
-            torch.testing.assert_close(got, want, rtol=0, atol=1e-7)
+    step_alongside(adam, hand_built, groups, reference, lrs)
     # the schedule: same LR multiplier as the Muon recipe, and no Muon momentum to set
     muon_config = OptimConfig(**LRS)
     assert optim_schedule(config, 7, 0.8) == (optim_schedule(muon_config, 7, 0.8)[0], None)
@@ -395,14 +396,7 @@ def test_esm2_recipe_equals_hand_built_adamw():
     all_reference = [p for name in ("hidden", "embed", "value_embed", "head", "scalar") for p in reference[name]]
     hand_built = torch.optim.AdamW(all_reference, lr=4e-4, betas=(0.9, 0.98), eps=1e-8, weight_decay=0.01)
     assert adamw.param_groups[0]["initial_lr"] == 4e-4
-    for step in range(4):
-        set_grads(groups, step)
-        set_grads(reference, step)
-        adamw.step()
-        hand_built.step()
-    for name in groups:
-        for got, want in zip(groups[name], reference[name]):
-            torch.testing.assert_close(got, want, rtol=0, atol=1e-7)
+    step_alongside(adamw, hand_built, groups, reference, groups)
 
 
 def test_every_parameter_in_exactly_one_group():
