@@ -313,7 +313,8 @@ def cmd_zeroshot(args) -> dict:
                                    batch_size=args.batch_size, assays=args.assays, device=device, progress=True)
     print(zeroshot.format_zeroshot(result))
     return {"checkpoint": args.checkpoint, "checkpoint_sha256": checkpoint_id(args.checkpoint),
-            "dms_dir": str(args.dms_dir), **result}
+            "dms_dir": str(args.dms_dir), "unigram_data": {"dir": str(args.unigram_data_dir),
+                                                          "name": args.unigram_data_name}, **result}
 
 
 def main(argv=None) -> int:

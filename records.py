@@ -75,9 +75,10 @@ class Track:
 
 
 # ---- The CPU track's official constants, set 2026-12-02 from `python data/prepare_swissprot.py` and the kept
-# quality-track run (logs_to_keep/cpu_quality.json). The validation set (first 1,000 sp50_valid clusters, residues cut
-# at 510) scores 2.8224 for the best no-learning control (ngram+composition), 2.8353 for composition and 2.8873 for the
-# unigram; the target is the first round value below all of them. After the first record, a change makes a new track.
+# quality-track run (logs_to_keep/cpu_quality_v1/cpu_quality.json). The validation set (first 1,000 sp50_valid
+# clusters, residues cut at 510) scores 2.8224 for the best no-learning control (ngram+composition), 2.8353 for
+# composition and 2.8873 for the unigram; the target is the first round value below all of them. After the first
+# record, a change makes a new track.
 CPU_TARGET_LOSS: float | None = 2.82       # nats per masked token, a fixed value below the best no-learning control
 CPU_VALID_SHA256: str | None = "6292a52b3237c20d3a322d835bf8c10aa392bcc863c0d4a9f8cbca65fdc18dd5"  # sp50_valid_000000
 CPU_VAL_MASK_RATE: float | None = 0.15     # val_mask_rate of the official validation

@@ -18,6 +18,8 @@ Then, per group, what a step trained on (tokens and supervised = masked tokens p
 corruption) and the machine columns (tokens/s, CPU/wall, 1-minute load before the run): read them before trusting
 a time, since a contended run is slower and a recipe that supervises more tokens per step is not a like-for-like
 comparison.
+`--plot FILE` draws the learning curve of the gap: gain below the best control against training clock, one colour
+per group and one line per run, with the other controls and the ladder's targets as horizontal lines.
 """
 import argparse
 import json
@@ -178,6 +180,53 @@ def report(result: dict) -> str:
     return "\n".join(lines)
 
 
+def gain_curves(groups: dict[str, list[dict]], controls: dict) -> dict[str, list[list[tuple[float, float]]]]:
+    """Per group, per run: (training clock in minutes, best control − validation loss) at every validation."""
+    return {name: [[(v["train_time_s"] / 60, controls["best"] - v["loss"]) for v in run["val"]] for run in runs]
+            for name, runs in groups.items()}
+
+
+def gain_ylim(curves: dict, controls: dict) -> tuple[float, float]:
+    """Zoom on the learning: from the unigram control's level (or the lowest gain after step 0, if higher) to just
+    above the best gain. The untrained step-0 loss (gain ≈ −0.7) stays out of the frame."""
+    later = [g for runs in curves.values() for points in runs for _, g in points[1:] if math.isfinite(g)]
+    top = max(later + [0.0])
+    bottom = max(min(later + [0.0]), controls["best"] - controls["unigram"])
+    pad = 0.05 * (top - bottom) + 1e-3
+    return bottom - pad, top + pad
+
+
+def plot_gain(groups: dict[str, list[dict]], controls: dict, deltas: list[float], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    curves = gain_curves(groups, controls)
+    fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=110)
+    for i, (name, runs) in enumerate(curves.items()):
+        color = f"C{i}"
+        for k, points in enumerate(runs):
+            ax.plot(*zip(*points), "o-", ms=2.5, lw=1.1, color=color, alpha=0.85,
+                    label=f"{name} ({len(runs)} run{'s' if len(runs) > 1 else ''})" if k == 0 else None)
+    low, high = gain_ylim(curves, controls)
+    ax.axhline(0, color="k", lw=1.2, label=f"best control: {controls['best_name']} {controls['best']:.4f}")
+    for j, key in enumerate(c for c in ("unigram", "composition", "ngram") if c in controls):
+        level = controls["best"] - controls[key]
+        ax.axhline(level, color="gray", lw=1, ls=("--", "-.", ":")[j],
+                   label=f"{key} {controls[key]:.4f}" + (" (below the frame)" if level < low else ""))
+    for delta in (d for d in deltas if d > 0):
+        ax.axhline(delta, color="tab:red", lw=0.7, ls=":", alpha=0.6)
+    ax.set_ylim(low, high)
+    ax.set_xlabel("training clock (min, validation excluded)")
+    ax.set_ylabel("gain below the best control (nats per masked token)")
+    ax.set_title("learning beyond the no-learning controls (dotted red: the ladder's targets)", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--group", nargs="+", action="append", required=True, metavar=("NAME", "RUN_JSON"),
@@ -186,6 +235,7 @@ def main(argv=None) -> int:
                         help="comma-separated nats below the best control: the targets (0 = the control itself, "
                              "where learning beyond composition begins)")
     parser.add_argument("--output", help="write the comparison as JSON here")
+    parser.add_argument("--plot", help="draw the gain below the best control against training clock here (PNG)")
     args = parser.parse_args(argv)
     groups = {}
     for name, *paths in args.group:
@@ -199,6 +249,8 @@ def main(argv=None) -> int:
     print(report(result))
     if args.output:
         harness.write_json(Path(args.output), result)
+    if args.plot:
+        plot_gain(groups, result["controls"], deltas, Path(args.plot))
     return 0
 
 

@@ -96,3 +96,24 @@ def test_controls_equal_up_to_summation_order_are_the_same_validation(tmp_path):
     assert rounding != CONTROLS  # a few ulps apart, as measured
     a, b = run(tmp_path / "a.json", 0.002), run(tmp_path / "b.json", 0.002, controls=rounding)
     compare_runs.compare({"x": compare_runs.load_group([a]), "y": compare_runs.load_group([b])}, [0.01])
+
+
+def test_gain_curve_and_its_plot(tmp_path):
+    """The gap's learning curve: best control − loss at every validation, in minutes; the frame leaves the
+    untrained step-0 point out and stops at the unigram control's level; --plot writes the picture."""
+    a, b = run(tmp_path / "a.json", 0.0020), run(tmp_path / "b.json", 0.0010)
+    groups = {"fast": compare_runs.load_group([a]), "slow": compare_runs.load_group([b])}
+    curves = compare_runs.gain_curves(groups, CONTROLS)
+    (fast,) = curves["fast"]
+    # validation k at t = 10k s: loss 2.9 - 0.002·10k, gain 2.84 - loss = 0.02k - 0.06
+    assert [m for m, _ in fast] == pytest.approx([10 * k / 60 for k in range(11)])
+    assert [g for _, g in fast] == pytest.approx([0.02 * k - 0.06 for k in range(11)])
+    # the frame: from the lowest gain after step 0 (slow run at 10 s: -0.05) to the best (fast run's last: 0.14),
+    # padded by 5% of the span plus 0.001
+    assert compare_runs.gain_ylim(curves, CONTROLS) == pytest.approx((-0.05 - 0.0105, 0.14 + 0.0105))
+    # a run that starts far above every control is cut at the unigram control's level (2.84 - 2.9 = -0.06)
+    diverged = {"g": [[(0.0, -0.7), (1.0, -0.2), (2.0, 0.05)]]}
+    assert compare_runs.gain_ylim(diverged, CONTROLS) == pytest.approx((-0.06 - 0.0065, 0.05 + 0.0065))
+    out = tmp_path / "gain.png"
+    assert compare_runs.main(["--group", "fast", a, "--group", "slow", b, "--plot", str(out)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

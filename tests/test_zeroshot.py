@@ -155,6 +155,7 @@ def test_cli_writes_one_entry_per_assay(tmp_path, tiny_ckpt, capsys):
         assert -1 <= r["spearman"] <= 1 and -1 <= r["unigram_spearman"] <= 1
         assert r["reference"] == {"ESM2_8M": 0.1, "ESM2_35M": 0.2}
     assert result["mean"]["ESM2_8M"] == pytest.approx(0.1)
+    assert result["unigram_data"]["name"] == "demo"  # the default; the JSON says whose frequencies the control used
     assert "mean over 2 assays" in capsys.readouterr().out
 
 
