@@ -188,8 +188,10 @@ def gain_curves(groups: dict[str, list[dict]], controls: dict) -> dict[str, list
 
 def gain_ylim(curves: dict, controls: dict) -> tuple[float, float]:
     """Zoom on the learning: from the unigram control's level (or the lowest gain after step 0, if higher) to just
-    above the best gain. The untrained step-0 loss (gain ≈ −0.7) stays out of the frame."""
-    later = [g for runs in curves.values() for points in runs for _, g in points[1:] if math.isfinite(g)]
+    above the best gain. The untrained validation at clock 0 (gain ≈ −0.7) stays out of the frame; a run without
+    one (resumed) keeps all its points."""
+    later = [g for runs in curves.values() for points in runs for minutes, g in points
+             if minutes > 0 and math.isfinite(g)]
     top = max(later + [0.0])
     bottom = max(min(later + [0.0]), controls["best"] - controls["unigram"])
     pad = 0.05 * (top - bottom) + 1e-3

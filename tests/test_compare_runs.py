@@ -114,6 +114,9 @@ def test_gain_curve_and_its_plot(tmp_path):
     # a run that starts far above every control is cut at the unigram control's level (2.84 - 2.9 = -0.06)
     diverged = {"g": [[(0.0, -0.7), (1.0, -0.2), (2.0, 0.05)]]}
     assert compare_runs.gain_ylim(diverged, CONTROLS) == pytest.approx((-0.06 - 0.0065, 0.05 + 0.0065))
+    # a resumed run has no validation at clock 0: its first point is learning, and it counts
+    resumed = {"g": [[(1.0, -0.01), (2.0, 0.05)]]}
+    assert compare_runs.gain_ylim(resumed, CONTROLS) == pytest.approx((-0.01 - 0.004, 0.05 + 0.004))
     out = tmp_path / "gain.png"
     assert compare_runs.main(["--group", "fast", a, "--group", "slow", b, "--plot", str(out)]) == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
