@@ -10,7 +10,8 @@ no target is read off one recipe's own curve. For each group and target:
   interpolation between validations), mean and 95% t-interval over the group's runs; "k/n" when only k runs got
   there (no mean is then reported: a mean over the runs that made it would flatter the group);
 - speedup of each group over the first (the baseline) at that target: ratio of mean times, with a 95% bootstrap
-  interval (runs resampled with replacement within each group, 10,000 draws, fixed seed; none with < 2 runs).
+  interval (runs resampled with replacement within each group, 10,000 draws, fixed seed; none with < 2 runs) and
+  Welch's t-test of the group's times against the baseline's (is the difference in time more than seed noise?).
   When no baseline run reached the target but every run of the group did, a lower bound instead: the shortest
   training clock of the baseline's runs (each trained that long without reaching it) over the group's mean time.
 And over the whole run: final validation loss, mean and t-interval, with Welch's t-test against the baseline.
@@ -114,6 +115,9 @@ def compare(groups: dict[str, list[dict]], deltas: list[float]) -> dict:
                 enough = min(len(times[baseline]), len(times[name])) >= 2  # an interval needs spread on both sides
                 row["groups"][name]["speedup"] = {"mean": float(ratio), "interval": bootstrap_speedup(
                     times[baseline], times[name]) if enough else None}
+                if enough:
+                    welch = stats.ttest_ind(times[name], times[baseline], equal_var=False)
+                    row["groups"][name]["welch_vs_baseline"] = {"t": float(welch.statistic), "p": float(welch.pvalue)}
             elif base_entry["reached"] == 0 and name in times:
                 # the baseline never got there: every baseline run trained at least its final validation's clock
                 # without reaching the target, so the speedup is at least that clock over the group's mean time
@@ -151,6 +155,8 @@ def report(result: dict) -> str:
                 s = entry["speedup"]
                 cell += f"; {s['mean']:.2f}×" + (f" [{s['interval'][0]:.2f}, {s['interval'][1]:.2f}]"
                                                  if s["interval"] else " (no interval: < 2 runs)")
+            if "welch_vs_baseline" in entry:
+                cell += f", Welch p = {entry['welch_vs_baseline']['p']:.2g}"
             if "speedup_at_least" in entry:
                 cell += f"; > {entry['speedup_at_least']:.2f}× (the baseline never reached it)"
             cells.append(cell)

@@ -44,12 +44,18 @@ def test_times_speedups_and_welch(tmp_path):
     assert speedup["mean"] == pytest.approx(np.mean(expected_slow) / np.mean(expected_fast))
     low, high = speedup["interval"]
     assert low <= speedup["mean"] <= high and high - low < 0.5
+    # the times' Welch test, against scipy on the hand-computed times; the baseline has none against itself
+    welch_times = stats.ttest_ind(expected_fast, expected_slow, equal_var=False)
+    assert row["groups"]["fast"]["welch_vs_baseline"] == pytest.approx(
+        {"t": welch_times.statistic, "p": welch_times.pvalue})
+    assert welch_times.statistic < 0 and "welch_vs_baseline" not in row["groups"]["slow"]
     finals_fast = [2.9 - s * 100 for s in (0.0020, 0.0021, 0.0019)]
     finals_slow = [2.9 - s * 100 for s in (0.0010, 0.0011, 0.0009)]
     assert result["final"]["fast"]["welch_vs_baseline"]["p"] == pytest.approx(
         stats.ttest_ind(finals_fast, finals_slow, equal_var=False).pvalue)
     text = compare_runs.report(result)
-    assert f"{speedup['mean']:.2f}× [{low:.2f}, {high:.2f}]" in text and "Welch p" in text
+    assert f"{speedup['mean']:.2f}× [{low:.2f}, {high:.2f}], Welch p = {welch_times.pvalue:.2g}" in text
+    assert f"Welch p = {result['final']['fast']['welch_vs_baseline']['p']:.2g}" in text
     # the fairness columns: 200,000 tokens and 60,000 masked tokens over 50 steps
     assert result["setup"]["fast"][0] == {"params": 1234, "steps": 50, "tokens_per_step": 4000.0, "masked_tokens_per_step": 1200.0,
                                           "mask_rate": 0.3, "corruption": "all <mask>", "tokens_per_s": 2000.0,
