@@ -159,7 +159,7 @@ def machine_usage(since: Start) -> dict:
             "cpu_per_wall": cpu / wall if wall > 0 else None}
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -169,18 +169,49 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_id(cpuinfo: str) -> str | None:
+    """The CPU's generation from /proc/cpuinfo's first processor: vendor, family, model, stepping and the widest
+    vector unit, e.g. "AuthenticAMD family 26 model 2 stepping 1, avx512". The model name alone does not tell
+    generations apart: on this project's VMs "AMD EPYC" named two CPUs whose single-thread training speeds differ by
+    1.5x, and a time measured on one does not compare with a time measured on the other. None without those fields."""
+    fields = {}
+    for line in cpuinfo.splitlines():
+        if not line.strip():
+            if fields:
+                break  # the first processor is enough: a VM's cores are one kind
+            continue
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    if not all(k in fields for k in ("vendor_id", "cpu family", "model")):
+        return None
+    flags = set(fields.get("flags", "").split())
+    vector = next((v for v in ("avx512f", "avx2", "avx", "sse4_2") if v in flags), "no avx")
+    return (f"{fields['vendor_id']} family {fields['cpu family']} model {fields['model']} stepping "
+            f"{fields.get('stepping', '?')}, {vector.removesuffix('f')}" + (", amx" if "amx_tile" in flags else ""))
+
+
+def this_cpu_id() -> str | None:
+    try:
+        return cpu_id(Path("/proc/cpuinfo").read_text())
+    except OSError:
+        return None
+
+
 def hardware(device, world_size: int) -> dict:
-    """What the run ran on. `summary` is the one-line description records compare between runs."""
+    """What the run ran on. `summary` is the one-line description records compare between runs; `cpu_id` tells CPU
+    generations apart (compare_runs.py pairs and flags runs by it)."""
     import torch
 
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    info = {"device": device.type, "world_size": world_size, "cpu": _cpu_model(), "cpu_count": os.cpu_count(),
-            "usable_cpus": usable, "torch_threads": torch.get_num_threads(), "gpu": None, "gpus_per_node": 0}
+    info = {"device": device.type, "world_size": world_size, "cpu": cpu_model(), "cpu_id": this_cpu_id(),
+            "cpu_count": os.cpu_count(), "usable_cpus": usable, "torch_threads": torch.get_num_threads(),
+            "gpu": None, "gpus_per_node": 0}
     if device.type == "cuda":
         info["gpu"], info["gpus_per_node"] = torch.cuda.get_device_name(device), torch.cuda.device_count()
         info["summary"] = f"{world_size}×{info['gpu']}"
     else:
-        info["summary"] = (f"{world_size}× CPU {info['cpu']} ({usable} usable of {info['cpu_count']} cores, "
+        cpu = info["cpu"] + (f" [{info['cpu_id']}]" if info["cpu_id"] else "")
+        info["summary"] = (f"{world_size}× CPU {cpu} ({usable} usable of {info['cpu_count']} cores, "
                            f"{info['torch_threads']} torch threads)")
     return info
 

@@ -15,6 +15,13 @@ no target is read off one recipe's own curve. For each group and target:
   When no baseline run reached the target but every run of the group did, a lower bound instead: the shortest
   training clock of the baseline's runs (each trained that long without reaching it) over the group's mean time.
 And over the whole run: final validation loss, mean and t-interval, with Welch's t-test against the baseline.
+
+Times measured on different CPUs do not compare (two generations behind one model name trained 1.5x apart), so
+every run's CPU id (provenance.cpu_id) is listed and a comparison that spans several is flagged. `--paired` is
+the design for that: run i of every group forms block i, one machine and one session each (the command refuses a
+block whose recorded CPU ids differ), and the speedup is read within blocks: per block the ratio of times, their
+geometric mean with a 95% t-interval on the log-ratios, and the paired t-test of the log-times. A machine's speed
+then cancels in each ratio. Every group needs the same number of runs.
 Then, per group, what a step trained on (tokens and supervised = masked tokens per optimiser step, the training
 corruption) and the machine columns (tokens/s, CPU/wall, 1-minute load before the run): read them before trusting
 a time, since a contended run is slower and a recipe that supervises more tokens per step is not a like-for-like
@@ -78,6 +85,40 @@ def bootstrap_speedup(base: list[float], other: list[float], seed: int = 0) -> t
     return float(low), float(high)
 
 
+NOT_RECORDED = "not recorded"
+
+
+def cpu_of(run: dict) -> str:
+    """The run's CPU id (provenance.cpu_id); runs made before it was recorded say so."""
+    return (run.get("provenance", {}).get("hardware") or {}).get("cpu_id") or NOT_RECORDED
+
+
+def check_blocks(groups: dict[str, list[dict]]) -> None:
+    """--paired: the same number of runs in every group, and no block whose recorded CPU ids differ."""
+    counts = {name: len(runs) for name, runs in groups.items()}
+    if len(set(counts.values())) != 1:
+        raise SystemExit(f"compare_runs.py --paired: every group needs the same number of runs (block i = run i of "
+                         f"each group): {counts}")
+    for i, block in enumerate(zip(*groups.values())):
+        known = {cpu_of(run) for run in block} - {NOT_RECORDED}
+        if len(known) > 1:
+            raise SystemExit(f"compare_runs.py --paired: block {i + 1} ({', '.join(r['path'] for r in block)}) "
+                             f"ran on different CPUs ({'; '.join(sorted(known))}): its times do not compare")
+
+
+def paired_speedup(base: list[float], other: list[float]) -> dict:
+    """Within-block ratios base/other, their geometric mean, a 95% t-interval on the log-ratios and the paired t-test
+    of the log-times (no interval or test with < 2 blocks)."""
+    logs = np.log(np.asarray(base)) - np.log(np.asarray(other))
+    out = {"ratios": [float(x) for x in np.exp(logs)], "geometric_mean": float(np.exp(logs.mean())),
+           "blocks": len(logs), "interval": None, "p": None}
+    if len(logs) > 1:
+        half = stats.t.ppf(0.975, len(logs) - 1) * logs.std(ddof=1) / math.sqrt(len(logs))
+        out["interval"] = (float(np.exp(logs.mean() - half)), float(np.exp(logs.mean() + half)))
+        out["p"] = float(stats.ttest_rel(np.log(base), np.log(other)).pvalue)
+    return out
+
+
 def run_setup(run: dict) -> dict:
     """What a run trained on per optimiser step, and how its machine behaved: the fairness columns."""
     config, loader, machine = run["config"], run.get("loader") or {}, run.get("provenance", {}).get("machine") or {}
@@ -88,15 +129,26 @@ def run_setup(run: dict) -> dict:
             "mask_rate": config.get("mask_rate"),
             "corruption": "80/10/10" if config.get("bert_corruption") else "all <mask>",
             "tokens_per_s": run.get("tokens_per_s"), "cpu_per_wall": machine.get("cpu_per_wall"),
-            "load_before": (machine.get("loadavg_before") or [None])[0]}
+            "load_before": (machine.get("loadavg_before") or [None])[0], "cpu_id": cpu_of(run)}
 
 
-def compare(groups: dict[str, list[dict]], deltas: list[float]) -> dict:
+def compare(groups: dict[str, list[dict]], deltas: list[float], paired: bool = False) -> dict:
     controls = check_same_validation(groups)
+    if paired:
+        check_blocks(groups)
     names = list(groups)
     baseline = names[0]
     targets = [round(controls["best"] - delta, 6) for delta in deltas]
-    out = {"controls": controls, "baseline": baseline, "targets": [], "final": {},
+    machines = {}
+    for runs in groups.values():
+        for run in runs:
+            machines[cpu_of(run)] = machines.get(cpu_of(run), 0) + 1
+    warnings = [] if len(machines) == 1 else [
+        "the runs come from several CPUs (" + "; ".join(f"{cpu}: {n} runs" for cpu, n in machines.items())
+        + "): a time measured on one does not compare with a time measured on another"
+        + ("; the paired speedups compare within blocks" if paired else "; compare within one CPU, or --paired")]
+    out = {"controls": controls, "baseline": baseline, "paired": paired, "machines": machines, "warnings": warnings,
+           "targets": [], "final": {},
            "setup": {name: [run_setup(run) for run in runs] for name, runs in groups.items()}}
     for target, delta in zip(targets, deltas):
         row = {"target": target, "below_best_control": delta, "groups": {}}
@@ -118,6 +170,8 @@ def compare(groups: dict[str, list[dict]], deltas: list[float]) -> dict:
                 if enough:
                     welch = stats.ttest_ind(times[name], times[baseline], equal_var=False)
                     row["groups"][name]["welch_vs_baseline"] = {"t": float(welch.statistic), "p": float(welch.pvalue)}
+                if paired:
+                    row["groups"][name]["paired"] = paired_speedup(times[baseline], times[name])
             elif base_entry["reached"] == 0 and name in times:
                 # the baseline never got there: every baseline run trained at least its final validation's clock
                 # without reaching the target, so the speedup is at least that clock over the group's mean time
@@ -140,7 +194,9 @@ def compare(groups: dict[str, list[dict]], deltas: list[float]) -> dict:
 def report(result: dict) -> str:
     c = result["controls"]
     lines = [f"best control: {c['best_name']} {c['best']:.4f} nats per masked token ({c['masked_tokens']:,} masked "
-             f"tokens); baseline: {result['baseline']}", "",
+             f"tokens); baseline: {result['baseline']}" + ("; paired: run i of each group is block i"
+                                                           if result["paired"] else "")]
+    lines += [f"WARNING: {w}" for w in result["warnings"]] + ["",
              "| target (below best control) | " + " | ".join(result["final"]) + " |",
              "|---|" + "---|" * len(result["final"])]
     for row in result["targets"]:
@@ -157,6 +213,11 @@ def report(result: dict) -> str:
                                                  if s["interval"] else " (no interval: < 2 runs)")
             if "welch_vs_baseline" in entry:
                 cell += f", Welch p = {entry['welch_vs_baseline']['p']:.2g}"
+            if "paired" in entry:
+                pr = entry["paired"]
+                cell += (f"; paired {pr['geometric_mean']:.2f}×" + (
+                    f" [{pr['interval'][0]:.2f}, {pr['interval'][1]:.2f}], p = {pr['p']:.2g}" if pr["interval"] else "")
+                    + f" ({pr['blocks']} blocks: " + ", ".join(f"{r:.2f}" for r in pr["ratios"]) + ")")
             if "speedup_at_least" in entry:
                 cell += f"; > {entry['speedup_at_least']:.2f}× (the baseline never reached it)"
             cells.append(cell)
@@ -170,7 +231,7 @@ def report(result: dict) -> str:
                                          if "welch_vs_baseline" in e else "")
         for name, e in result["final"].items()) + " |"]
     lines += ["", "| group | params | steps | tokens/step | masked tokens/step | training corruption | tokens/s | CPU/wall | "
-              "load before |", "|---|---|---|---|---|---|---|---|---|"]
+              "load before | CPU id |", "|---|---|---|---|---|---|---|---|---|---|"]
     for name, setups in result["setup"].items():
         def span(key, fmt):
             values = [s[key] for s in setups if s[key] is not None]
@@ -181,7 +242,8 @@ def report(result: dict) -> str:
         corruption = sorted({f"{s['corruption']}, rate {s['mask_rate']}" for s in setups})
         lines.append(f"| {name} | {span('params', ',')} | {span('steps', ',')} | {span('tokens_per_step', ',.0f')} | "
                      f"{span('masked_tokens_per_step', ',.0f')} | {'; '.join(corruption)} | "
-                     f"{span('tokens_per_s', ',.0f')} | {span('cpu_per_wall', '.2f')} | {span('load_before', '.2f')} |")
+                     f"{span('tokens_per_s', ',.0f')} | {span('cpu_per_wall', '.2f')} | {span('load_before', '.2f')} | "
+                     + "; ".join(dict.fromkeys(s["cpu_id"] for s in setups)) + " |")
     lines.append("(validation always scores the fixed 15% masks, every chosen residue replaced by <mask>)")
     return "\n".join(lines)
 
@@ -244,6 +306,8 @@ def main(argv=None) -> int:
                              "where learning beyond composition begins)")
     parser.add_argument("--output", help="write the comparison as JSON here")
     parser.add_argument("--plot", help="draw the gain below the best control against training clock here (PNG)")
+    parser.add_argument("--paired", action="store_true",
+                        help="run i of every group is block i (one machine, one session): speedups within blocks")
     args = parser.parse_args(argv)
     groups = {}
     for name, *paths in args.group:
@@ -253,7 +317,7 @@ def main(argv=None) -> int:
     deltas = [float(x) for x in args.ladder.split(",")]
     if not all(d >= 0 and math.isfinite(d) for d in deltas):
         parser.error("--ladder: every step must be a number of nats >= 0 (0: the best control itself)")
-    result = compare(groups, deltas)
+    result = compare(groups, deltas, args.paired)
     print(report(result))
     if args.output:
         harness.write_json(Path(args.output), result)

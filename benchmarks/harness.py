@@ -31,7 +31,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import shards  # noqa: E402  (after the sys.path line: benchmarks run from any directory)
+import provenance  # noqa: E402  (after the sys.path line: benchmarks run from any directory)
+import shards  # noqa: E402
 import validation  # noqa: E402
 from fasta import read_fasta  # noqa: E402
 from vocab import CLS, EOS, encode  # noqa: E402
@@ -56,14 +57,6 @@ def machine_info() -> dict:
     """What a reader needs to rerun and compare: CPU model, cores, threads, library versions, git state."""
     import torch
 
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     try:
         import transformers
         hf_version = transformers.__version__
@@ -77,7 +70,8 @@ def machine_info() -> dict:
             return ""
 
     return {
-        "cpu": cpu,
+        "cpu": provenance.cpu_model(),
+        "cpu_id": provenance.this_cpu_id(),  # the CPU's generation: times compare only within one (docs/RESULTS.md)
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "training_process_threads": TRAIN_THREADS,
@@ -93,7 +87,7 @@ def machine_info() -> dict:
 
 
 def machine_line(info: dict) -> str:
-    return (f"machine: {info['cpu']}, {info['cores']} cores, torch {info['torch']} ({info['torch_threads']} threads here, "
+    return (f"machine: {info['cpu']} [{info.get('cpu_id')}], {info['cores']} cores, torch {info['torch']} ({info['torch_threads']} threads here, "
             f"{info['training_process_threads']} per training process), "
             f"transformers {info['transformers']}, python {info['python']}, git {info['git_commit']}"
             f"{' (dirty)' if info['git_dirty'] else ''}, load avg at start {info['loadavg_at_start']}")

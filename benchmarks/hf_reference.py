@@ -273,7 +273,8 @@ def main(argv=None):
         "tokens_per_s": tokens / max(train_time, 1e-9), "padding_fraction": 1 - tokens / max(padded, 1),
         "epochs_started": train.epoch + 1, "val": val, "final_val_loss": val[-1]["loss"],
         "controls": control_losses, "world_size": 1, "loader": {"masked_tokens": masked, "real_tokens": tokens},
-        "git": git, "provenance": {"machine": provenance.machine_usage(since)},
+        "git": git, "provenance": {"machine": provenance.machine_usage(since),
+                                   "hardware": provenance.hardware(torch.device("cpu"), 1)},
         "status": "ok" if math.isfinite(val[-1]["loss"]) else "diverged",
     }
     harness.write_json(Path(args.output), record)

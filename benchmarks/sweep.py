@@ -17,7 +17,7 @@
 Everything after `--` goes to the program unchanged (train.py keys, or hf_reference.py flags). The sweep sets the
 LR key, the seed, the clock and where the record goes; giving those after `--` as well is refused. Every run is a
 separate process with one thread (harness.run_logged), one after another. Runs whose JSON record already exists
-with status ok are kept, not rerun, so a sweep cut short by the end of a session resumes where it stopped, and
+with status ok are kept, not rerun (a kept screen run must come from this machine's kind of CPU), so a sweep cut short by the end of a session resumes where it stopped, and
 calling it once per seed for each recipe in turn interleaves the recipes' seed runs (`final` in sweep.json lists
 every seed run in the folder, each checked to be at the chosen LR and clock).
 `{out}/sweep.json` holds the screen table, the chosen LR and the seed runs; compare groups with
@@ -32,6 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness  # noqa: E402  (also puts the repository root on sys.path)
+import provenance  # noqa: E402
 
 PROGRAMS = ("train", "hf_reference")
 SET_BY_SWEEP = {"train": ("--seed", "--max_train_time_hours", "--log_dir", "--log_name", "--save_dir"),
@@ -93,6 +94,8 @@ class Sweep:
         path = self.out / f"{stem}.json"
         record = json.loads(path.read_text()) if path.exists() else None
         if record is not None and record.get("status") == "ok":
+            if stem.startswith("screen"):
+                self.check_same_cpu(path, record)
             self.log(f"kept {path} (final val loss {record.get('final_val_loss')})")
         else:
             cmd = command(self.args.program, self.args.lr_key, lr, seed, minutes, self.out, stem, self.passthrough)
@@ -101,6 +104,18 @@ class Sweep:
         self.runs.append({"stem": stem, "lr": lr, "seed": seed, "minutes": minutes, "status": record.get("status"),
                           "final_val_loss": record.get("final_val_loss")})
         return record
+
+    @staticmethod
+    def check_same_cpu(path: Path, record: dict) -> None:
+        """A screen ranks final losses at a fixed clock, and a faster CPU trains more steps in it: every screen run
+        of a sweep must come from one kind of CPU. Refuses a kept run whose recorded CPU id is not this machine's
+        (seed runs may come from other machines: compare_runs.py --paired pairs them by machine)."""
+        ran = (record.get("provenance", {}).get("hardware") or {}).get("cpu_id")
+        here = provenance.this_cpu_id()
+        if ran and here and ran != here:
+            raise SystemExit(f"sweep.py: {path} ran on CPU {ran}, this machine is {here}: a screen's final losses "
+                             f"at a fixed clock depend on the CPU's speed. Finish the screen on that CPU, or screen "
+                             f"again here in a new --out")
 
     def final_runs(self, best: float) -> list[dict]:
         """Every seed run in the folder (earlier calls' too: calling the sweep once per seed for each recipe in

@@ -16,15 +16,16 @@ CONTROLS = {"unigram": 2.9, "composition": 2.85, "ngram": 2.87, "ngram+compositi
             "best_name": "ngram+composition", "masked_tokens": 1000}
 
 
-def run(path: Path, slope: float, final_time: float = 100.0, controls=CONTROLS) -> str:
-    """A run whose validation loss is 2.9 - slope·t, validated every 10 s."""
+def run(path: Path, slope: float, final_time: float = 100.0, controls=CONTROLS, cpu: str | None = None) -> str:
+    """A run whose validation loss is 2.9 - slope·t, validated every 10 s; `cpu`: its recorded CPU id."""
     val = [{"step": k, "train_time_s": t, "tokens": 100 * k, "loss": 2.9 - slope * t}
            for k, t in enumerate(np.arange(0.0, final_time + 1e-9, 10.0))]
     path.write_text(json.dumps({"status": "ok", "val": val, "controls": controls, "steps": 50, "tokens": 50 * 4000, "n_params": 1234,
                                 "world_size": 1, "tokens_per_s": 2000.0,
                                 "config": {"mask_rate": 0.3, "bert_corruption": False},
                                 "loader": {"masked_tokens": 50 * 1200},
-                                "provenance": {"machine": {"cpu_per_wall": 0.99, "loadavg_before": [0.1, 0.2, 0.3]}}}))
+                                "provenance": {"machine": {"cpu_per_wall": 0.99, "loadavg_before": [0.1, 0.2, 0.3]},
+                                               **({"hardware": {"cpu_id": cpu}} if cpu else {})}}))
     return str(path)
 
 
@@ -59,8 +60,9 @@ def test_times_speedups_and_welch(tmp_path):
     # the fairness columns: 200,000 tokens and 60,000 masked tokens over 50 steps
     assert result["setup"]["fast"][0] == {"params": 1234, "steps": 50, "tokens_per_step": 4000.0, "masked_tokens_per_step": 1200.0,
                                           "mask_rate": 0.3, "corruption": "all <mask>", "tokens_per_s": 2000.0,
-                                          "cpu_per_wall": 0.99, "load_before": 0.1}
-    assert "| fast | 1,234 | 50 | 4,000 | 1,200 | all <mask>, rate 0.3 | 2,000 | 0.99 | 0.10 |" in text
+                                          "cpu_per_wall": 0.99, "load_before": 0.1, "cpu_id": "not recorded"}
+    assert "| fast | 1,234 | 50 | 4,000 | 1,200 | all <mask>, rate 0.3 | 2,000 | 0.99 | 0.10 | not recorded |" in text
+    assert result["warnings"] == [] and "WARNING" not in text and "paired" not in row["groups"]["fast"]
 
 
 def test_a_group_that_does_not_all_reach_a_target_gets_no_mean(tmp_path):
@@ -126,3 +128,47 @@ def test_gain_curve_and_its_plot(tmp_path):
     out = tmp_path / "gain.png"
     assert compare_runs.main(["--group", "fast", a, "--group", "slow", b, "--plot", str(out)]) == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_paired_blocks_cancel_each_machine_s_speed(tmp_path):
+    """--paired: block i = run i of each group, one machine each. Machine B runs everything 1.5x faster (slopes x1.5):
+    pooled, its runs widen the intervals; within blocks the ratio is the same 2x in every block, so the paired
+    interval is tight. Checked against hand-computed ratios and scipy's paired t-test on the log-times."""
+    slow_slopes, fast_slopes = (0.0010, 0.0015, 0.0010), (0.0020, 0.0030, 0.0021)
+    cpus = ("A", "B", "A")
+    slow = [run(tmp_path / f"s{i}.json", sl, cpu=c) for i, (sl, c) in enumerate(zip(slow_slopes, cpus))]
+    fast = [run(tmp_path / f"f{i}.json", sl, cpu=c) for i, (sl, c) in enumerate(zip(fast_slopes, cpus))]
+    groups = {"slow": compare_runs.load_group(slow), "fast": compare_runs.load_group(fast)}
+    result = compare_runs.compare(groups, [0.01], paired=True)
+    t_slow, t_fast = [0.07 / x for x in slow_slopes], [0.07 / x for x in fast_slopes]
+    paired = result["targets"][0]["groups"]["fast"]["paired"]
+    ratios = [a / b for a, b in zip(t_slow, t_fast)]  # 2, 2, 2.1
+    assert paired["ratios"] == pytest.approx(ratios) and paired["blocks"] == 3
+    assert paired["geometric_mean"] == pytest.approx(np.exp(np.mean(np.log(ratios))))
+    logs = np.log(ratios)
+    half = stats.t.ppf(0.975, 2) * logs.std(ddof=1) / np.sqrt(3)
+    assert paired["interval"] == pytest.approx((np.exp(logs.mean() - half), np.exp(logs.mean() + half)))
+    assert paired["p"] == pytest.approx(stats.ttest_rel(np.log(t_slow), np.log(t_fast)).pvalue)
+    # the machines' speed cancels within blocks: the paired interval is several times narrower than the pooled one
+    pooled = compare_runs.compare(groups, [0.01])["targets"][0]["groups"]["fast"]["speedup"]["interval"]
+    assert 3 * (paired["interval"][1] - paired["interval"][0]) < pooled[1] - pooled[0]
+    assert result["machines"] == {"A": 4, "B": 2} and "several CPUs" in result["warnings"][0]
+    text = compare_runs.report(result)
+    assert "WARNING: the runs come from several CPUs (A: 4 runs; B: 2 runs)" in text
+    assert f"paired {paired['geometric_mean']:.2f}× [{paired['interval'][0]:.2f}, {paired['interval'][1]:.2f}]" in text
+    # unpaired, the same runs get the warning and no paired entry
+    unpaired = compare_runs.compare(groups, [0.01])
+    assert "paired" not in unpaired["targets"][0]["groups"]["fast"] and "or --paired" in unpaired["warnings"][0]
+
+
+def test_paired_refuses_blocks_across_machines_and_unequal_groups(tmp_path):
+    a = [run(tmp_path / "a0.json", 0.001, cpu="A"), run(tmp_path / "a1.json", 0.0011, cpu="A")]
+    b = [run(tmp_path / "b0.json", 0.002, cpu="A"), run(tmp_path / "b1.json", 0.0021, cpu="B")]
+    with pytest.raises(SystemExit, match="block 2 .*b1.json.* ran on different CPUs"):
+        compare_runs.compare({"a": compare_runs.load_group(a), "b": compare_runs.load_group(b)}, [0.01], paired=True)
+    with pytest.raises(SystemExit, match="same number of runs"):
+        compare_runs.compare({"a": compare_runs.load_group(a), "b": compare_runs.load_group(b[:1])}, [0.01],
+                             paired=True)
+    # a run made before CPU ids were recorded pairs with any: only recorded ids can disagree
+    c = [run(tmp_path / "c0.json", 0.002), run(tmp_path / "c1.json", 0.0023, cpu="A")]
+    compare_runs.compare({"a": compare_runs.load_group(a), "c": compare_runs.load_group(c)}, [0.01], paired=True)

@@ -125,6 +125,8 @@ def test_run_carries_provenance(runs, tiny_data):
     assert val["shard_sha256"] == [prov["data"]["shards"]["valid"][0]["sha256"]]
     hw, machine = prov["hardware"], prov["machine"]
     assert hw["device"] == "cpu" and hw["world_size"] == 1 and hw["usable_cpus"] >= 1 and hw["summary"]
+    if hw["cpu_id"] is not None:  # Linux on x86: the CPU's generation is part of what records compare
+        assert hw["cpu_id"] == provenance.cpu_id(Path("/proc/cpuinfo").read_text()) and hw["cpu_id"] in hw["summary"]
     assert len(machine["loadavg_before"]) == 3 and len(machine["loadavg_after"]) == 3
     assert machine["wall_time_s"] > 0 and machine["cpu_time_s"] > 0
     assert machine["cpu_per_wall"] == pytest.approx(machine["cpu_time_s"] / machine["wall_time_s"])
@@ -136,6 +138,33 @@ def test_run_carries_provenance(runs, tiny_data):
     assert provenance.read_code_sections(log) == {n: (ROOT / n).read_text() for n in train.CORE_FILES}
     for path in runs:
         assert records.integrity(records.load_run(path)) == []
+
+
+AMD_ZEN5 = """processor\t: 0
+vendor_id\t: AuthenticAMD
+cpu family\t: 26
+model\t\t: 2
+model name\t: AMD EPYC
+stepping\t: 1
+flags\t\t: fpu sse4_2 avx avx2 avx512f avx512bw
+
+processor\t: 1
+vendor_id\t: GenuineIntel
+cpu family\t: 6
+"""
+
+
+@pytest.mark.parametrize("cpuinfo, expected", [
+    (AMD_ZEN5, "AuthenticAMD family 26 model 2 stepping 1, avx512"),  # the first processor only
+    (AMD_ZEN5.replace(" avx512f avx512bw", ""), "AuthenticAMD family 26 model 2 stepping 1, avx2"),
+    ("vendor_id: GenuineIntel\ncpu family: 6\nmodel: 143\nstepping: 8\nflags: avx2 avx512f amx_tile\n",
+     "GenuineIntel family 6 model 143 stepping 8, avx512, amx"),
+    ("processor: 0\nBogoMIPS: 50.00\nFeatures: fp asimd\n", None),  # an ARM cpuinfo: no family or model
+    ("", None),
+])
+def test_cpu_id_tells_cpu_generations_apart(cpuinfo, expected):
+    """The model name "AMD EPYC" named two CPU generations on this project's VMs; the id must differ between them."""
+    assert provenance.cpu_id(cpuinfo) == expected
 
 
 def test_data_fingerprint_hashes_what_the_manifest_does_not_match(tiny_data, tmp_path):

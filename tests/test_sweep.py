@@ -76,6 +76,25 @@ def test_sweep_extends_past_the_edge_then_runs_the_seeds_and_resumes(tmp_path, m
         sweep.main(argv)
 
 
+def test_a_screen_is_not_resumed_on_another_kind_of_cpu(tmp_path, monkeypatch):
+    """Final losses at a fixed clock depend on the CPU's speed: a kept screen run from another CPU is refused."""
+    calls = []
+    monkeypatch.setattr(sweep.harness, "run_logged", fake_runner(calls, lambda lr: 2.8 + math.log(lr / 2e-3) ** 2))
+    argv = ["--out", str(tmp_path), "--lrs", "1e-3", "2e-3", "4e-3", "--screen_minutes", "6", "--minutes", "12",
+            "--seeds", "3", "--", "--yaml_path", "x.yaml"]
+    sweep.main(argv)
+    screen = tmp_path / "screen_lr0.002_s1.json"
+    record = json.loads(screen.read_text())
+    screen.write_text(json.dumps(record | {"provenance": {"hardware": {"cpu_id": "AuthenticAMD family 26 model 2"}}}))
+    monkeypatch.setattr(sweep.provenance, "this_cpu_id", lambda: "AuthenticAMD family 25 model 1")
+    with pytest.raises(SystemExit, match="screen_lr0.002_s1.json ran on CPU AuthenticAMD family 26 model 2, this "
+                                         "machine is AuthenticAMD family 25 model 1"):
+        sweep.main(argv)
+    monkeypatch.setattr(sweep.provenance, "this_cpu_id", lambda: "AuthenticAMD family 26 model 2")
+    calls.clear()
+    assert sweep.main(argv)["best_lr"] == pytest.approx(2e-3) and calls == []  # same CPU (or none recorded): kept
+
+
 def test_a_diverged_lr_is_not_chosen_and_the_edge_is_reported(tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(sweep.harness, "run_logged", fake_runner(calls, lambda lr: 3.0 - lr, fail_lrs=(3e-3,)))
