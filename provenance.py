@@ -197,6 +197,11 @@ def this_cpu_id() -> str | None:
         return None
 
 
+def recorded_cpu_id(summary: dict) -> str | None:
+    """The CPU id a run's JSON summary recorded (None for runs made before it was recorded)."""
+    return ((summary.get("provenance") or {}).get("hardware") or {}).get("cpu_id")
+
+
 def hardware(device, world_size: int) -> dict:
     """What the run ran on. `summary` is the one-line description records compare between runs; `cpu_id` tells CPU
     generations apart (compare_runs.py pairs and flags runs by it)."""

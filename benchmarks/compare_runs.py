@@ -30,6 +30,7 @@ comparison.
 per group and one line per run, with the other controls and the ladder's targets as horizontal lines.
 """
 import argparse
+import collections
 import json
 import math
 import sys
@@ -40,6 +41,7 @@ from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness  # noqa: E402  (also puts the repository root on sys.path)
+import provenance  # noqa: E402
 from records import mean_interval  # noqa: E402
 
 BOOTSTRAP_DRAWS = 10_000
@@ -90,7 +92,7 @@ NOT_RECORDED = "not recorded"
 
 def cpu_of(run: dict) -> str:
     """The run's CPU id (provenance.cpu_id); runs made before it was recorded say so."""
-    return (run.get("provenance", {}).get("hardware") or {}).get("cpu_id") or NOT_RECORDED
+    return provenance.recorded_cpu_id(run) or NOT_RECORDED
 
 
 def check_blocks(groups: dict[str, list[dict]]) -> None:
@@ -139,10 +141,7 @@ def compare(groups: dict[str, list[dict]], deltas: list[float], paired: bool = F
     names = list(groups)
     baseline = names[0]
     targets = [round(controls["best"] - delta, 6) for delta in deltas]
-    machines = {}
-    for runs in groups.values():
-        for run in runs:
-            machines[cpu_of(run)] = machines.get(cpu_of(run), 0) + 1
+    machines = dict(collections.Counter(cpu_of(run) for runs in groups.values() for run in runs))
     warnings = [] if len(machines) == 1 else [
         "the runs come from several CPUs (" + "; ".join(f"{cpu}: {n} runs" for cpu, n in machines.items())
         + "): a time measured on one does not compare with a time measured on another"

@@ -87,8 +87,8 @@ def machine_info() -> dict:
 
 
 def machine_line(info: dict) -> str:
-    return (f"machine: {info['cpu']} [{info.get('cpu_id')}], {info['cores']} cores, torch {info['torch']} ({info['torch_threads']} threads here, "
-            f"{info['training_process_threads']} per training process), "
+    return (f"machine: {info['cpu']} [{info['cpu_id']}], {info['cores']} cores, torch {info['torch']} "
+            f"({info['torch_threads']} threads here, {info['training_process_threads']} per training process), "
             f"transformers {info['transformers']}, python {info['python']}, git {info['git_commit']}"
             f"{' (dirty)' if info['git_dirty'] else ''}, load avg at start {info['loadavg_at_start']}")
 

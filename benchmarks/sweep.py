@@ -17,9 +17,10 @@
 Everything after `--` goes to the program unchanged (train.py keys, or hf_reference.py flags). The sweep sets the
 LR key, the seed, the clock and where the record goes; giving those after `--` as well is refused. Every run is a
 separate process with one thread (harness.run_logged), one after another. Runs whose JSON record already exists
-with status ok are kept, not rerun (a kept screen run must come from this machine's kind of CPU), so a sweep cut short by the end of a session resumes where it stopped, and
-calling it once per seed for each recipe in turn interleaves the recipes' seed runs (`final` in sweep.json lists
-every seed run in the folder, each checked to be at the chosen LR and clock).
+with status ok are kept, not rerun (a kept screen run must come from this machine's kind of CPU), so a sweep cut
+short by the end of a session resumes where it stopped, and calling it once per seed for each recipe in turn
+interleaves the recipes' seed runs (`final` in sweep.json lists every seed run in the folder, each checked to be at
+the chosen LR and clock).
 `{out}/sweep.json` holds the screen table, the chosen LR and the seed runs; compare groups with
 `benchmarks/compare_runs.py --group NAME {out}/final_s*.json …`.
 """
@@ -110,7 +111,7 @@ class Sweep:
         """A screen ranks final losses at a fixed clock, and a faster CPU trains more steps in it: every screen run
         of a sweep must come from one kind of CPU. Refuses a kept run whose recorded CPU id is not this machine's
         (seed runs may come from other machines: compare_runs.py --paired pairs them by machine)."""
-        ran = (record.get("provenance", {}).get("hardware") or {}).get("cpu_id")
+        ran = provenance.recorded_cpu_id(record)
         here = provenance.this_cpu_id()
         if ran and here and ran != here:
             raise SystemExit(f"sweep.py: {path} ran on CPU {ran}, this machine is {here}: a screen's final losses "

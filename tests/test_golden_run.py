@@ -7,8 +7,8 @@ undone warm-up; esm2: AdamW, LayerNorm, token dropout, BERT corruption, grad cli
 A change that is meant to alter the numbers rewrites the files, and its commit says why:
     python tests/test_golden_run.py --write
 
-Each CPU kind keeps its own golden (`{name}.json`: the CPU of sessions 1–7; `{name}.cpu-<id>.json`: others, with the
-`cpu_id` they were written on). The speedrun recipe is chaotic across CPUs: Muon's Newton–Schulz iteration amplifies
+Each CPU kind keeps its own golden (`{name}.json`: the CPU of the last `--write`, the CPU of sessions 1–7 until then;
+`{name}.cpu-<id>.json`: others, added by `--add-cpu`; each with the `cpu_id` it was written on, where recorded). The speedrun recipe is chaotic across CPUs: Muon's Newton–Schulz iteration amplifies
 the last-bit differences between two CPUs' matmul kernels, so after one optimiser step the two trajectories differ by
 1e-4 and by 12 steps by 3e-2 (measured between "AMD EPYC" of sessions 1–7 and `AuthenticAMD family 26 model 2`),
 while the ESM2 recipe's stay within 3e-7. A rerun must repeat one of its run's goldens; a maths change matches
