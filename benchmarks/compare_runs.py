@@ -14,6 +14,9 @@ no target is read off one recipe's own curve. For each group and target:
   Welch's t-test of the group's times against the baseline's (is the difference in time more than seed noise?).
   When no baseline run reached the target but every run of the group did, a lower bound instead: the shortest
   training clock of the baseline's runs (each trained that long without reaching it) over the group's mean time.
+The same ladder again in tokens seen instead of training clock: learning per token, in which the machine's speed
+cancels (a slower host gives fewer tokens in the same clock, not a different curve per token), though not entirely,
+since the LR schedule follows the clock. Read the two together: time = tokens / throughput.
 And over the whole run: final validation loss, mean and t-interval, with Welch's t-test against the baseline.
 
 Times measured on different CPUs do not compare (two generations behind one model name trained 1.5x apart), so
@@ -23,9 +26,10 @@ block whose recorded CPU ids differ), and the speedup is read within blocks: per
 geometric mean with a 95% t-interval on the log-ratios, and the paired t-test of the log-times. A machine's speed
 then cancels in each ratio. Every group needs the same number of runs.
 Then, per group, what a step trained on (tokens and supervised = masked tokens per optimiser step, the training
-corruption) and the machine columns (tokens/s, CPU/wall, 1-minute load before the run): read them before trusting
-a time, since a contended run is slower and a recipe that supervises more tokens per step is not a like-for-like
-comparison.
+corruption) and the machine columns (tokens/s, the slowest and fastest tokens/s between two validations, CPU/wall,
+1-minute load before the run): read them before trusting a time, since a contended run is slower and a recipe that
+supervises more tokens per step is not a like-for-like comparison. On a VM the host can slow a one-thread run by
+a third for minutes while CPU/wall stays 1.00 and the load at 1: only the within-run throughput shows it.
 `--plot FILE` draws the learning curve of the gap: gain below the best control against training clock, one colour
 per group and one line per run, with the other controls and the ladder's targets as horizontal lines.
 """
@@ -121,6 +125,14 @@ def paired_speedup(base: list[float], other: list[float]) -> dict:
     return out
 
 
+def throughput_range(run: dict) -> tuple[float, float] | None:
+    """The slowest and fastest tokens/s between two consecutive validations of a run: a host that slows down under
+    a one-thread run (a neighbour on the hypervisor) shows here, not in CPU/wall or the load average."""
+    points = sorted((v["train_time_s"], v["tokens"]) for v in run["val"])
+    rates = [(n1 - n0) / (t1 - t0) for (t0, n0), (t1, n1) in zip(points, points[1:]) if t1 > t0]
+    return (min(rates), max(rates)) if rates else None
+
+
 def run_setup(run: dict) -> dict:
     """What a run trained on per optimiser step, and how its machine behaved: the fairness columns."""
     config, loader, machine = run["config"], run.get("loader") or {}, run.get("provenance", {}).get("machine") or {}
@@ -130,8 +142,42 @@ def run_setup(run: dict) -> dict:
             "masked_tokens_per_step": loader["masked_tokens"] * world / steps if "masked_tokens" in loader else None,
             "mask_rate": config.get("mask_rate"),
             "corruption": "80/10/10" if config.get("bert_corruption") else "all <mask>",
-            "tokens_per_s": run.get("tokens_per_s"), "cpu_per_wall": machine.get("cpu_per_wall"),
+            "tokens_per_s": run.get("tokens_per_s"), "tokens_per_s_range": throughput_range(run),
+            "cpu_per_wall": machine.get("cpu_per_wall"),
             "load_before": (machine.get("loadavg_before") or [None])[0], "cpu_id": cpu_of(run)}
+
+
+def ladder_row(groups: dict[str, list[dict]], target: float, delta: float, key: str, paired: bool) -> dict:
+    """One target of the ladder: per group what it took to get there (`key`: "train_time_s", the training clock, or
+    "tokens", the tokens seen), and each group's speedup over the first group."""
+    names, baseline = list(groups), next(iter(groups))
+    row = {"target": target, "below_best_control": delta, "groups": {}}
+    amounts = {}
+    for name in names:
+        reached = [harness.time_to_loss(run["val"], target, key=key) for run in groups[name]]
+        entry = {"reached": sum(t is not None for t in reached), "n": len(reached), "values": reached}
+        if all(t is not None for t in reached):
+            amounts[name] = reached
+            entry["mean"] = mean_interval(reached) if len(reached) > 1 else {"mean": reached[0]}
+        row["groups"][name] = entry
+    for name in names[1:]:
+        entry = row["groups"][name]
+        if baseline in amounts and name in amounts:
+            base, other = amounts[baseline], amounts[name]
+            enough = min(len(base), len(other)) >= 2  # an interval needs spread on both sides
+            entry["speedup"] = {"mean": float(np.mean(base) / np.mean(other)),
+                                "interval": bootstrap_speedup(base, other) if enough else None}
+            if enough:
+                welch = stats.ttest_ind(other, base, equal_var=False)
+                entry["welch_vs_baseline"] = {"t": float(welch.statistic), "p": float(welch.pvalue)}
+            if paired:
+                entry["paired"] = paired_speedup(base, other)
+        elif row["groups"][baseline]["reached"] == 0 and name in amounts:
+            # the baseline never got there: every baseline run trained at least its final validation's clock (or
+            # tokens) without reaching the target, so the speedup is at least that over the group's mean
+            budget = min(run["val"][-1][key] for run in groups[baseline])
+            entry["speedup_at_least"] = float(budget / np.mean(amounts[name]))
+    return row
 
 
 def compare(groups: dict[str, list[dict]], deltas: list[float], paired: bool = False) -> dict:
@@ -147,36 +193,11 @@ def compare(groups: dict[str, list[dict]], deltas: list[float], paired: bool = F
         + "): a time measured on one does not compare with a time measured on another"
         + ("; the paired speedups compare within blocks" if paired else "; compare within one CPU, or --paired")]
     out = {"controls": controls, "baseline": baseline, "paired": paired, "machines": machines, "warnings": warnings,
-           "targets": [], "final": {},
+           "final": {},
            "setup": {name: [run_setup(run) for run in runs] for name, runs in groups.items()}}
-    for target, delta in zip(targets, deltas):
-        row = {"target": target, "below_best_control": delta, "groups": {}}
-        times = {}
-        for name in names:
-            reached = [harness.time_to_loss(run["val"], target) for run in groups[name]]
-            entry = {"reached": sum(t is not None for t in reached), "n": len(reached), "times_s": reached}
-            if all(t is not None for t in reached):
-                times[name] = reached
-                entry["time_s"] = mean_interval(reached) if len(reached) > 1 else {"mean": reached[0]}
-            row["groups"][name] = entry
-        base_entry = row["groups"][baseline]
-        for name in names[1:]:
-            if baseline in times and name in times:
-                ratio = np.mean(times[baseline]) / np.mean(times[name])
-                enough = min(len(times[baseline]), len(times[name])) >= 2  # an interval needs spread on both sides
-                row["groups"][name]["speedup"] = {"mean": float(ratio), "interval": bootstrap_speedup(
-                    times[baseline], times[name]) if enough else None}
-                if enough:
-                    welch = stats.ttest_ind(times[name], times[baseline], equal_var=False)
-                    row["groups"][name]["welch_vs_baseline"] = {"t": float(welch.statistic), "p": float(welch.pvalue)}
-                if paired:
-                    row["groups"][name]["paired"] = paired_speedup(times[baseline], times[name])
-            elif base_entry["reached"] == 0 and name in times:
-                # the baseline never got there: every baseline run trained at least its final validation's clock
-                # without reaching the target, so the speedup is at least that clock over the group's mean time
-                budget = min(run["val"][-1]["train_time_s"] for run in groups[baseline])
-                row["groups"][name]["speedup_at_least"] = float(budget / np.mean(times[name]))
-        out["targets"].append(row)
+    out["targets"] = [ladder_row(groups, target, delta, "train_time_s", paired) for target, delta in zip(targets, deltas)]
+    out["targets_by_tokens"] = [ladder_row(groups, target, delta, "tokens", paired)
+                                for target, delta in zip(targets, deltas)]
     base_final = [run["val"][-1]["loss"] for run in groups[baseline]]
     for name in names:
         finals = [run["val"][-1]["loss"] for run in groups[name]]
@@ -190,22 +211,20 @@ def compare(groups: dict[str, list[dict]], deltas: list[float], paired: bool = F
     return out
 
 
-def report(result: dict) -> str:
-    c = result["controls"]
-    lines = [f"best control: {c['best_name']} {c['best']:.4f} nats per masked token ({c['masked_tokens']:,} masked "
-             f"tokens); baseline: {result['baseline']}" + ("; paired: run i of each group is block i"
-                                                           if result["paired"] else "")]
-    lines += [f"WARNING: {w}" for w in result["warnings"]] + ["",
-             "| target (below best control) | " + " | ".join(result["final"]) + " |",
-             "|---|" + "---|" * len(result["final"])]
-    for row in result["targets"]:
+def ladder_table(rows: list[dict], title: str, fmt, unit: str) -> list[str]:
+    """The ladder as a markdown table: per target and group the mean (fmt, then unit) with its interval, the speedup over the
+    baseline with its interval and Welch p, the paired speedup, or the lower bound."""
+    names = list(rows[0]["groups"]) if rows else []
+    lines = ["", f"{title}:", "", "| target (below best control) | " + " | ".join(names) + " |",
+             "|---|" + "---|" * len(names)]
+    for row in rows:
         cells = []
         for name, entry in row["groups"].items():
-            if "time_s" not in entry:
+            if "mean" not in entry:
                 cells.append(f"{entry['reached']}/{entry['n']} reached")
                 continue
-            t = entry["time_s"]
-            cell = f"{t['mean']:,.0f} s" + (f" [{t['low']:,.0f}, {t['high']:,.0f}]" if "low" in t else "")
+            t = entry["mean"]
+            cell = fmt(t["mean"]) + unit + (f" [{fmt(t['low'])}, {fmt(t['high'])}]" if "low" in t else "")
             if "speedup" in entry:
                 s = entry["speedup"]
                 cell += f"; {s['mean']:.2f}×" + (f" [{s['interval'][0]:.2f}, {s['interval'][1]:.2f}]"
@@ -223,14 +242,26 @@ def report(result: dict) -> str:
         delta = row["below_best_control"]
         label = "the best control" if delta == 0 else f"−{delta:g}"
         lines.append(f"| {row['target']:.4f} ({label}) | " + " | ".join(cells) + " |")
+    return lines
+
+
+def report(result: dict) -> str:
+    c = result["controls"]
+    lines = [f"best control: {c['best_name']} {c['best']:.4f} nats per masked token ({c['masked_tokens']:,} masked "
+             f"tokens); baseline: {result['baseline']}" + ("; paired: run i of each group is block i"
+                                                           if result["paired"] else "")]
+    lines += [f"WARNING: {w}" for w in result["warnings"]]
+    lines += ladder_table(result["targets"], "Training clock to the target", lambda t: f"{t:,.0f}", " s")
+    lines += ladder_table(result["targets_by_tokens"], "Tokens seen to the target (learning per token: the machine's "
+                          "speed cancels, though the LR schedule follows the clock)", lambda t: f"{t / 1e6:.2f}", "M")
     lines += ["", "| final validation loss | " + " | ".join(
         f"{name}: {e['loss']['mean']:.4f}" + (f" [{e['loss']['low']:.4f}, {e['loss']['high']:.4f}]"
                                              if "low" in e["loss"] else "")
         + f", gain {e['gain']:+.4f}" + (f", Welch p = {e['welch_vs_baseline']['p']:.2g}"
                                          if "welch_vs_baseline" in e else "")
         for name, e in result["final"].items()) + " |"]
-    lines += ["", "| group | params | steps | tokens/step | masked tokens/step | training corruption | tokens/s | CPU/wall | "
-              "load before | CPU id |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines += ["", "| group | params | steps | tokens/step | masked tokens/step | training corruption | tokens/s | "
+              "tokens/s between validations | CPU/wall | load before | CPU id |", "|---|" + "---|" * 10]
     for name, setups in result["setup"].items():
         def span(key, fmt):
             values = [s[key] for s in setups if s[key] is not None]
@@ -238,10 +269,12 @@ def report(result: dict) -> str:
                 return "–"
             low, high = min(values), max(values)
             return format(low, fmt) if format(low, fmt) == format(high, fmt) else f"{low:{fmt}}–{high:{fmt}}"
+        ranges = [s["tokens_per_s_range"] for s in setups if s["tokens_per_s_range"]]
+        within = f"{min(r[0] for r in ranges):,.0f}–{max(r[1] for r in ranges):,.0f}" if ranges else "–"
         corruption = sorted({f"{s['corruption']}, rate {s['mask_rate']}" for s in setups})
         lines.append(f"| {name} | {span('params', ',')} | {span('steps', ',')} | {span('tokens_per_step', ',.0f')} | "
                      f"{span('masked_tokens_per_step', ',.0f')} | {'; '.join(corruption)} | "
-                     f"{span('tokens_per_s', ',.0f')} | {span('cpu_per_wall', '.2f')} | {span('load_before', '.2f')} | "
+                     f"{span('tokens_per_s', ',.0f')} | {within} | {span('cpu_per_wall', '.2f')} | {span('load_before', '.2f')} | "
                      + "; ".join(dict.fromkeys(s["cpu_id"] for s in setups)) + " |")
     lines.append("(validation always scores the fixed 15% masks, every chosen residue replaced by <mask>)")
     return "\n".join(lines)

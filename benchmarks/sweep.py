@@ -103,7 +103,7 @@ class Sweep:
             rc = harness.run_logged(cmd, self.out / f"{stem}.out", self.log)
             record = harness.load_record(path, rc, stem)
         self.runs.append({"stem": stem, "lr": lr, "seed": seed, "minutes": minutes, "status": record.get("status"),
-                          "final_val_loss": record.get("final_val_loss")})
+                          "final_val_loss": record.get("final_val_loss"), "tokens": record.get("tokens")})
         return record
 
     @staticmethod
@@ -139,6 +139,11 @@ class Sweep:
         return [final_loss(self.run(f"screen_lr{lr_label(lr)}_s{seed}", lr, seed, self.args.screen_minutes))
                 for seed in self.args.screen_seeds]
 
+    def screen_tokens(self, lr: float) -> list[int | None]:
+        """Tokens each screen run of this LR trained in its clock: equal on a steady machine, not on a VM whose
+        host slows down (a third, for minutes, measured), which the ranking by final loss cannot see."""
+        return [r["tokens"] for r in self.runs if r["stem"].startswith("screen") and math.isclose(r["lr"], lr)]
+
     def main(self) -> dict:
         t0 = time.time()
         screen = {lr: self.screen_point(lr) for lr in sorted(self.args.lrs)}
@@ -157,8 +162,8 @@ class Sweep:
         finals = self.final_runs(best)
         result = {"program": self.args.program, "lr_key": self.args.lr_key, "passthrough": self.passthrough,
                   "screen_minutes": self.args.screen_minutes, "minutes": self.args.minutes,
-                  "screen": [{"lr": lr, "finals": losses, "mean": sum(losses) / len(losses)}
-                             for lr, losses in sorted(screen.items())],
+                  "screen": [{"lr": lr, "finals": losses, "mean": sum(losses) / len(losses),
+                              "tokens": self.screen_tokens(lr)} for lr, losses in sorted(screen.items())],
                   "best_lr": best, "at_edge": edge,
                   "final": finals,
                   "runs": self.runs, "wall_time_s": time.time() - t0}
@@ -168,12 +173,18 @@ class Sweep:
 
 
 def report(result: dict) -> str:
-    lines = [f"| {result['lr_key']} | screen final val loss ({result['screen_minutes']:g} min) | mean |",
-             "|---|---|---|"]
+    lines = [f"| {result['lr_key']} | screen final val loss ({result['screen_minutes']:g} min) | mean | "
+             "tokens trained (M) |", "|---|---|---|---|"]
     for row in result["screen"]:
         mark = " **(chosen)**" if row["lr"] == result["best_lr"] else ""
+        tokens = ", ".join("–" if n is None else f"{n / 1e6:.2f}" for n in row.get("tokens", []))
         lines.append(f"| {lr_label(row['lr'])}{mark} | {', '.join(f'{x:.4f}' for x in row['finals'])} | "
-                     f"{row['mean']:.4f} |")
+                     f"{row['mean']:.4f} | {tokens} |")
+    counts = [n for row in result["screen"] for n in row.get("tokens", []) if n]
+    if counts and max(counts) > 1.1 * min(counts):
+        lines.append(f"the screen's runs trained {min(counts) / 1e6:.2f}M–{max(counts) / 1e6:.2f}M tokens in the "
+                     f"same clock: the machine's speed varied by {max(counts) / min(counts) - 1:.0%}, so a ranking "
+                     f"by a smaller loss difference than those tokens buy is not one")
     if result["at_edge"]:
         lines.append(f"the chosen LR is still at the {result['at_edge']} edge of the grid after the extensions")
     finals = ", ".join(f"s{r['seed']} {r['final_val_loss']:.4f}" for r in result["final"])

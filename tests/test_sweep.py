@@ -28,8 +28,9 @@ def test_pick_and_the_edge_rule():
     assert sweep.final_loss(None) == math.inf
 
 
-def fake_runner(calls: list, loss_of_lr, fail_lrs=()):
-    """Stands in for harness.run_logged: writes the record train.py would write, with a loss set by the LR."""
+def fake_runner(calls: list, loss_of_lr, fail_lrs=(), tokens_of_seed=lambda seed: 1_000_000):
+    """Stands in for harness.run_logged: writes the record train.py would write, with a loss set by the LR (and
+    the tokens trained in the clock set by the seed)."""
     def run_logged(cmd, log_path, log=print):
         args = [str(c) for c in cmd]
         lr, seed = float(args[args.index("--lr") + 1]), int(args[args.index("--seed") + 1])
@@ -39,7 +40,7 @@ def fake_runner(calls: list, loss_of_lr, fail_lrs=()):
         calls.append((stem, lr, seed, hours))
         status = "diverged" if lr in fail_lrs else "ok"
         (out / f"{stem}.json").write_text(json.dumps({
-            "status": status, "final_val_loss": loss_of_lr(lr) + seed / 1000,
+            "status": status, "final_val_loss": loss_of_lr(lr) + seed / 1000, "tokens": tokens_of_seed(seed),
             "config": {"lr": lr, "seed": seed, "max_train_time_hours": hours}}))
         return 0
     return run_logged
@@ -102,6 +103,21 @@ def test_a_diverged_lr_is_not_chosen_and_the_edge_is_reported(tmp_path, monkeypa
                          "--max_extensions", "0", "--minutes", "1", "--seeds", "1"])
     assert result["best_lr"] == 1e-3 and result["at_edge"] == "low"
     assert "still at the low edge" in sweep.report(result)
+    assert "machine's speed varied" not in sweep.report(result)  # every run trained 1M tokens
+
+
+def test_the_screen_table_shows_the_tokens_each_run_trained(tmp_path, monkeypatch):
+    """On a VM whose host slows down, runs of the same clock train different token counts: the table lists them
+    and says how much the machine's speed varied (seed 2's runs here got 30% more tokens than seed 1's)."""
+    calls = []
+    monkeypatch.setattr(sweep.harness, "run_logged", fake_runner(calls, lambda lr: 3.0 - lr,
+                                                                 tokens_of_seed=lambda seed: 1_000_000 + 300_000 * (seed - 1)))
+    result = sweep.main(["--out", str(tmp_path), "--lrs", "1e-3", "3e-3", "1e-2", "--screen_minutes", "1",
+                         "--screen_seeds", "1", "2", "--max_extensions", "0", "--minutes", "1", "--seeds", "1"])
+    assert [row["tokens"] for row in result["screen"]] == [[1_000_000, 1_300_000]] * 3
+    text = sweep.report(result)
+    assert "| 0.01 **(chosen)** | 2.9910, 2.9920 | 2.9915 | 1.00, 1.30 |" in text
+    assert "trained 1.00M–1.30M tokens in the same clock: the machine's speed varied by 30%" in text
 
 
 @pytest.mark.parametrize("extra, flag", [(["--seed", "3"], "--seed"), (["--lr=1e-3"], "--lr"),
