@@ -17,7 +17,8 @@
 Everything after `--` goes to the program unchanged (train.py keys, or hf_reference.py flags). The sweep sets the
 LR key, the seed, the clock and where the record goes; giving those after `--` as well is refused. Every run is a
 separate process with one thread (harness.run_logged), one after another. Runs whose JSON record already exists
-with status ok are kept, not rerun (a kept screen run must come from this machine's kind of CPU), so a sweep cut
+with status ok are kept, not rerun (a screen is finished on the kind of CPU it began on: a screen run is refused
+while a kept one comes from another; a finished screen's seed runs may be added anywhere), so a sweep cut
 short by the end of a session resumes where it stopped, and calling it once per seed for each recipe in turn
 interleaves the recipes' seed runs (`final` in sweep.json lists every seed run in the folder, each checked to be at
 the chosen LR and clock).
@@ -95,10 +96,10 @@ class Sweep:
         path = self.out / f"{stem}.json"
         record = json.loads(path.read_text()) if path.exists() else None
         if record is not None and record.get("status") == "ok":
-            if stem.startswith("screen"):
-                self.check_same_cpu(path, record)
             self.log(f"kept {path} (final val loss {record.get('final_val_loss')})")
         else:
+            if stem.startswith("screen"):
+                self.check_screen_cpu()
             cmd = command(self.args.program, self.args.lr_key, lr, seed, minutes, self.out, stem, self.passthrough)
             rc = harness.run_logged(cmd, self.out / f"{stem}.out", self.log)
             record = harness.load_record(path, rc, stem)
@@ -106,17 +107,19 @@ class Sweep:
                           "final_val_loss": record.get("final_val_loss"), "tokens": record.get("tokens")})
         return record
 
-    @staticmethod
-    def check_same_cpu(path: Path, record: dict) -> None:
-        """A screen ranks final losses at a fixed clock, and a faster CPU trains more steps in it: every screen run
-        of a sweep must come from one kind of CPU. Refuses a kept run whose recorded CPU id is not this machine's
-        (seed runs may come from other machines: compare_runs.py --paired pairs them by machine)."""
-        ran = provenance.recorded_cpu_id(record)
+    def check_screen_cpu(self) -> None:
+        """A screen ranks final losses at a fixed clock, and a faster CPU trains more steps in it: before a screen run
+        is made here, every kept screen run must come from this machine's kind of CPU. A finished screen is never
+        checked, so the seed runs at its chosen LR may be added on any machine (compare_runs.py --paired pairs them
+        by machine)."""
         here = provenance.this_cpu_id()
-        if ran and here and ran != here:
-            raise SystemExit(f"sweep.py: {path} ran on CPU {ran}, this machine is {here}: a screen's final losses "
-                             f"at a fixed clock depend on the CPU's speed. Finish the screen on that CPU, or screen "
-                             f"again here in a new --out")
+        for path in sorted(self.out.glob("screen_*.json")):
+            record = json.loads(path.read_text())
+            ran = provenance.recorded_cpu_id(record)
+            if record.get("status") == "ok" and ran and here and ran != here:
+                raise SystemExit(f"sweep.py: {path} ran on CPU {ran}, this machine is {here}: a screen's final "
+                                 f"losses at a fixed clock depend on the CPU's speed. Finish the screen on that "
+                                 f"CPU, or screen again here in a new --out")
 
     def final_runs(self, best: float) -> list[dict]:
         """Every seed run in the folder (earlier calls' too: calling the sweep once per seed for each recipe in
