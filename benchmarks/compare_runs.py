@@ -195,9 +195,8 @@ def compare(groups: dict[str, list[dict]], deltas: list[float], paired: bool = F
     out = {"controls": controls, "baseline": baseline, "paired": paired, "machines": machines, "warnings": warnings,
            "final": {},
            "setup": {name: [run_setup(run) for run in runs] for name, runs in groups.items()}}
-    out["targets"] = [ladder_row(groups, target, delta, "train_time_s", paired) for target, delta in zip(targets, deltas)]
-    out["targets_by_tokens"] = [ladder_row(groups, target, delta, "tokens", paired)
-                                for target, delta in zip(targets, deltas)]
+    for field, key in (("targets", "train_time_s"), ("targets_by_tokens", "tokens")):
+        out[field] = [ladder_row(groups, target, delta, key, paired) for target, delta in zip(targets, deltas)]
     base_final = [run["val"][-1]["loss"] for run in groups[baseline]]
     for name in names:
         finals = [run["val"][-1]["loss"] for run in groups[name]]
@@ -212,8 +211,8 @@ def compare(groups: dict[str, list[dict]], deltas: list[float], paired: bool = F
 
 
 def ladder_table(rows: list[dict], title: str, fmt, unit: str) -> list[str]:
-    """The ladder as a markdown table: per target and group the mean (fmt, then unit) with its interval, the speedup over the
-    baseline with its interval and Welch p, the paired speedup, or the lower bound."""
+    """The ladder as a markdown table: per target and group the mean (fmt, then unit) with its interval, the speedup
+    over the baseline with its interval and Welch p, the paired speedup, or the lower bound."""
     names = list(rows[0]["groups"]) if rows else []
     lines = ["", f"{title}:", "", "| target (below best control) | " + " | ".join(names) + " |",
              "|---|" + "---|" * len(names)]
@@ -274,7 +273,8 @@ def report(result: dict) -> str:
         corruption = sorted({f"{s['corruption']}, rate {s['mask_rate']}" for s in setups})
         lines.append(f"| {name} | {span('params', ',')} | {span('steps', ',')} | {span('tokens_per_step', ',.0f')} | "
                      f"{span('masked_tokens_per_step', ',.0f')} | {'; '.join(corruption)} | "
-                     f"{span('tokens_per_s', ',.0f')} | {within} | {span('cpu_per_wall', '.2f')} | {span('load_before', '.2f')} | "
+                     f"{span('tokens_per_s', ',.0f')} | {within} | {span('cpu_per_wall', '.2f')} | "
+                     f"{span('load_before', '.2f')} | "
                      + "; ".join(dict.fromkeys(s["cpu_id"] for s in setups)) + " |")
     lines.append("(validation always scores the fixed 15% masks, every chosen residue replaced by <mask>)")
     return "\n".join(lines)

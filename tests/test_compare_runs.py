@@ -60,7 +60,8 @@ def test_times_speedups_and_welch(tmp_path):
     # the fairness columns: 200,000 tokens and 60,000 masked tokens over 50 steps
     assert result["setup"]["fast"][0] == {"params": 1234, "steps": 50, "tokens_per_step": 4000.0, "masked_tokens_per_step": 1200.0,
                                           "mask_rate": 0.3, "corruption": "all <mask>", "tokens_per_s": 2000.0,
-                                          "tokens_per_s_range": (10.0, 10.0), "cpu_per_wall": 0.99, "load_before": 0.1, "cpu_id": "not recorded"}
+                                          "tokens_per_s_range": (10.0, 10.0), "cpu_per_wall": 0.99, "load_before": 0.1,
+                                          "cpu_id": "not recorded"}
     assert "| fast | 1,234 | 50 | 4,000 | 1,200 | all <mask>, rate 0.3 | 2,000 | 10–10 | 0.99 | 0.10 | not recorded |" in text
     assert result["warnings"] == [] and "WARNING" not in text and "paired" not in row["groups"]["fast"]
 
@@ -190,9 +191,11 @@ def test_tokens_ladder_separates_learning_per_token_from_a_host_slowdown(tmp_pat
               "slowed": write("slowed", lambda t: 1e5 * t if t <= 50 else 5e6 + 5e4 * (t - 50))}
     result = compare_runs.compare(groups, [0.05])
     by_clock, by_tokens = result["targets"][0]["groups"], result["targets_by_tokens"][0]["groups"]
-    assert by_clock["steady"]["values"] == pytest.approx([55.0]) and by_clock["slowed"]["values"] == pytest.approx([60.0])
+    assert by_clock["steady"]["values"] == pytest.approx([55.0])
+    assert by_clock["slowed"]["values"] == pytest.approx([60.0])
     assert by_clock["slowed"]["speedup"]["mean"] == pytest.approx(55 / 60)
-    assert by_tokens["steady"]["values"] == pytest.approx([5.5e6]) and by_tokens["slowed"]["values"] == pytest.approx([5.5e6])
+    assert by_tokens["steady"]["values"] == pytest.approx([5.5e6])
+    assert by_tokens["slowed"]["values"] == pytest.approx([5.5e6])
     assert by_tokens["slowed"]["speedup"]["mean"] == pytest.approx(1.0)
     assert [s[0]["tokens_per_s_range"] for s in result["setup"].values()] == [(1e5, 1e5), (5e4, 1e5)]
     text = compare_runs.report(result)

@@ -120,8 +120,10 @@ def test_the_screen_table_shows_the_tokens_each_run_trained(tmp_path, monkeypatc
     """On a VM whose host slows down, runs of the same clock train different token counts: the table lists them
     and says how much the machine's speed varied (seed 2's runs here got 30% more tokens than seed 1's)."""
     calls = []
-    monkeypatch.setattr(sweep.harness, "run_logged", fake_runner(calls, lambda lr: 3.0 - lr,
-                                                                 tokens_of_seed=lambda seed: 1_000_000 + 300_000 * (seed - 1)))
+    def tokens_of_seed(seed):
+        return 1_000_000 + 300_000 * (seed - 1)
+    monkeypatch.setattr(sweep.harness, "run_logged",
+                        fake_runner(calls, lambda lr: 3.0 - lr, tokens_of_seed=tokens_of_seed))
     result = sweep.main(["--out", str(tmp_path), "--lrs", "1e-3", "3e-3", "1e-2", "--screen_minutes", "1",
                          "--screen_seeds", "1", "2", "--max_extensions", "0", "--minutes", "1", "--seeds", "1"])
     assert [row["tokens"] for row in result["screen"]] == [[1_000_000, 1_300_000]] * 3
