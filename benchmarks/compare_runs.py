@@ -336,7 +336,7 @@ def main(argv=None) -> int:
     parser.add_argument("--ladder", default="0.005,0.01,0.015,0.02",
                         help="comma-separated nats below the best control: the targets (0 = the control itself, "
                              "where learning beyond composition begins)")
-    parser.add_argument("--output", help="write the comparison as JSON here")
+    parser.add_argument("--output", help="write the comparison as JSON here, and the printed tables beside it (.md)")
     parser.add_argument("--plot", help="draw the gain below the best control against training clock here (PNG)")
     parser.add_argument("--paired", action="store_true",
                         help="run i of every group is block i (one machine, one session): speedups within blocks")
@@ -350,9 +350,11 @@ def main(argv=None) -> int:
     if not all(d >= 0 and math.isfinite(d) for d in deltas):
         parser.error("--ladder: every step must be a number of nats >= 0 (0: the best control itself)")
     result = compare(groups, deltas, args.paired)
-    print(report(result))
+    tables = report(result)
+    print(tables)
     if args.output:
         harness.write_json(Path(args.output), result)
+        Path(args.output).with_suffix(".md").write_text(tables + "\n")
     if args.plot:
         plot_gain(groups, result["controls"], deltas, Path(args.plot))
     return 0

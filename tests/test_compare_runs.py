@@ -131,6 +131,17 @@ def test_gain_curve_and_its_plot(tmp_path):
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_output_writes_the_json_and_the_printed_tables_beside_it(tmp_path, capsys):
+    """--output x.json also writes x.md with exactly the tables printed (the results .md files are not copied by
+    hand, so they cannot go stale against their JSON)."""
+    a, b = run(tmp_path / "a.json", 0.0020), run(tmp_path / "b.json", 0.0010)
+    out = tmp_path / "res" / "cmp.json"
+    assert compare_runs.main(["--group", "fast", a, "--group", "slow", b, "--output", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert out.with_suffix(".md").read_text() == printed
+    assert json.loads(out.read_text())["final"].keys() == {"fast", "slow"}
+
+
 def test_paired_blocks_cancel_each_machine_s_speed(tmp_path):
     """--paired: block i = run i of each group, one machine each. Machine B runs everything 1.5x faster (slopes x1.5):
     pooled, its runs widen the intervals; within blocks the ratio is the same 2x in every block, so the paired
