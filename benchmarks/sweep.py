@@ -135,7 +135,8 @@ class Sweep:
                                                                                           rel_tol=1e-6):
                 raise SystemExit(f"sweep.py: {path} ran at {self.args.lr_key} {lr} for {minutes:g} min, not at the "
                                  f"chosen {lr_label(best)} for {self.args.minutes:g} min: move it away first")
-            finals.append({"seed": config.get("seed"), "path": str(path), "final_val_loss": final_loss(record)})
+            # the record's name in the sweep's folder: sweep.json stays valid when the folder is kept or moved
+            finals.append({"seed": config.get("seed"), "path": path.name, "final_val_loss": final_loss(record)})
         return finals
 
     def screen_point(self, lr: float) -> list[float]:

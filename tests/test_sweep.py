@@ -70,6 +70,7 @@ def test_sweep_extends_past_the_edge_then_runs_the_seeds_and_resumes(tmp_path, m
     # one seed per call (how recipes are interleaved): the seed runs accumulate, the screen is not rerun
     result = sweep.main(argv[:argv.index("--seeds") + 1] + ["5"] + argv[argv.index("--seeds") + 3:])
     assert [c[2] for c in calls] == [5] and [r["seed"] for r in result["final"]] == [3, 4, 5]
+    assert [r["path"] for r in result["final"]] == ["final_s3.json", "final_s4.json", "final_s5.json"]
     # a seed run at another LR or clock is refused, not mixed in
     (tmp_path / "final_s9.json").write_text(json.dumps({"status": "ok", "final_val_loss": 2.9,
                                                         "config": {"lr": 1e-3, "seed": 9, "max_train_time_hours": 0.2}}))
