@@ -70,15 +70,18 @@ def pick(screen: dict[float, list[float]]) -> tuple[float, str | None]:
 
 
 def extend(grid: list[float], edge: str) -> float:
-    """The next LR beyond `edge`, one step of the grid's outermost ratio on that side."""
+    """The next LR beyond `edge`, one step of the grid's outermost ratio on that side, to 6 significant digits (the
+    value goes into a command line and a config dump: 0.0032, not 0.0031999999999999997)."""
     grid = sorted(grid)
     if len(grid) < 2:
         raise ValueError("extending a grid needs at least two LRs")
     if edge == "low":
-        return grid[0] * grid[0] / grid[1]
-    if edge == "high":
-        return grid[-1] * grid[-1] / grid[-2]
-    raise ValueError(f"edge must be 'low' or 'high', got {edge!r}")
+        new = grid[0] * grid[0] / grid[1]
+    elif edge == "high":
+        new = grid[-1] * grid[-1] / grid[-2]
+    else:
+        raise ValueError(f"edge must be 'low' or 'high', got {edge!r}")
+    return float(f"{new:.6g}")
 
 
 def lr_label(lr: float) -> str:

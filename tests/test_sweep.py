@@ -23,6 +23,9 @@ def test_pick_and_the_edge_rule():
     assert sweep.extend([1e-3, 3e-3, 1e-2], "low") == pytest.approx(1e-3 / 3)
     with pytest.raises(ValueError):
         sweep.extend([1e-3], "low")
+    # the new LR is rounded for the command line: 0.008 * 0.008 / 0.02 is 0.0031999999999999997 in floats
+    assert 0.008 * 0.008 / 0.02 != 0.0032
+    assert sweep.extend([0.008, 0.02, 0.05, 0.1], "low") == 0.0032
     assert sweep.final_loss({"status": "ok", "final_val_loss": 2.8}) == 2.8
     assert sweep.final_loss({"status": "diverged", "final_val_loss": 2.8}) == math.inf
     assert sweep.final_loss(None) == math.inf
