@@ -35,6 +35,19 @@ def log(*a):
 
 HIDDEN_ADAMW_LRS = (1e-3, 3e-3, 1e-2)
 
+# The recipe's ideas, one knob each: id -> (label, the train.py keys that switch the idea off). This script and
+# ablation_blocks.py (the same variants past the controls, seeds in paired blocks) both read this one list. Muon's
+# ablation is not in it: Adam on the hidden matrices needs its own LR (variants() below, sweep.py for the blocks).
+ONE_KNOB = {
+    "no_unet": ("no UNet skips", dict(unet=False)),
+    "no_x0_mix": ("no x0 mixing", dict(x0_mix=False)),
+    "no_value_emb": ("no value embeddings", dict(value_embeddings=0)),
+    "no_softcap": ("no soft logit cap", dict(soft_logit_cap=0.0)),
+    "mask15": ("mask rate 0.15", dict(mask_rate=0.15)),
+    "constant_lr": ("schedule: constant LR (no cooldown)", dict(scheduler_type="constant")),
+    "cosine": ("schedule: cosine (instead of trapezoid)", dict(scheduler_type="cosine")),
+}
+
 
 def variants(hidden_adamw_lrs=HIDDEN_ADAMW_LRS) -> dict[str, dict]:
     """Name -> train.py keys that differ from the full recipe (seed handled separately). Each switches one thing;
@@ -42,14 +55,7 @@ def variants(hidden_adamw_lrs=HIDDEN_ADAMW_LRS) -> dict[str, dict]:
     is run at every LR of `hidden_adamw_lrs`, since Muon's LR means nothing to Adam."""
     muon = {f"hidden matrices: Muon -> Adam, LR {lr:g}": dict(hidden_optimizer="adamw", lr_hidden_adamw=lr)
             for lr in hidden_adamw_lrs}
-    return muon | {
-        "no UNet skips": dict(unet=False),
-        "no value embeddings": dict(value_embeddings=0),
-        "no soft logit cap": dict(soft_logit_cap=0.0),
-        "mask rate 0.15 (instead of 0.2)": dict(mask_rate=0.15),
-        "schedule: constant LR (no cooldown)": dict(scheduler_type="constant"),
-        "schedule: cosine (instead of trapezoid)": dict(scheduler_type="cosine"),
-    }
+    return muon | {label: keys for label, keys in ONE_KNOB.values()}
 
 
 def ratio_at_worse_loss(full: dict, other: dict):

@@ -202,17 +202,36 @@ def run_logged(cmd: list[str], log_path: Path, log=print) -> int:
 
 
 # ---------------------------------------------------------------- train.py runs
+def train_py(args: list, out: Path, stem: str) -> list:
+    """The one way these scripts launch train.py: its keys `args`, then where the run's record goes: log, JSON
+    summary (`out/stem.json`) and checkpoints (`out/checkpoints`). Run it with run_logged."""
+    return [sys.executable, ROOT / "train.py", *args, "--log_dir", out, "--log_name", stem,
+            "--save_dir", out / "checkpoints"]
+
+
 def train_py_command(tag: str, work: Path, data_dir, budget_s: float, eval_every: int, seed: int,
                      overrides: dict) -> list:
     """train.py with a time budget: it stops after budget_s of training time and its LR schedule follows time.
     Its log, summary JSON and final checkpoint go to `work`."""
-    cmd = [sys.executable, ROOT / "train.py", "--data_dir", data_dir, "--data_name", DATA_NAME,
-           "--log_dir", work, "--save_dir", work / "checkpoints", "--log_name", tag, "--seed", seed,
-           "--max_train_time_hours", budget_s / 3600, "--num_steps", 10 ** 9, "--eval_every", eval_every,
-           "--log_every", 25, "--val_mask_rate", VAL_MASK_RATE, "--val_mask_seed", VAL_MASK_SEED]
-    for key, value in overrides.items():  # later keys win in train.py's parser
-        cmd += [f"--{key}", str(value).lower() if isinstance(value, bool) else value]
-    return cmd
+    return train_py(["--data_dir", data_dir, "--data_name", DATA_NAME, "--seed", seed,
+                     "--max_train_time_hours", budget_s / 3600, "--num_steps", 10 ** 9, "--eval_every", eval_every,
+                     "--log_every", 25, "--val_mask_rate", VAL_MASK_RATE, "--val_mask_seed", VAL_MASK_SEED,
+                     *cli_args(overrides)], work, tag)  # the overrides last: later keys win in train.py's parser
+
+
+def split_at_separator(argv: list[str] | None) -> tuple[list[str], list[str]]:
+    """A script's own arguments, and those after `--` that it hands to the program it runs (sweep.py,
+    ablation_blocks.py): `a --b 1 -- --c 2` -> (["a", "--b", "1"], ["--c", "2"]). argv None: the command line."""
+    argv = sys.argv[1:] if argv is None else argv
+    if "--" not in argv:
+        return list(argv), []
+    return argv[:argv.index("--")], argv[argv.index("--") + 1:]
+
+
+def cli_args(keys: dict) -> list[str]:
+    """train.py keys as command-line arguments: {"unet": False, "mask_rate": 0.15} -> --unet false --mask_rate 0.15."""
+    return [a for key, value in keys.items()
+            for a in (f"--{key}", str(value).lower() if isinstance(value, bool) else str(value))]
 
 
 def steps_per_second(tag: str, work: Path, calib_dir, seed: int, overrides: dict, log=print) -> float:

@@ -45,9 +45,8 @@ def command(program: str, lr_key: str, lr: float, seed: int, minutes: float, out
             passthrough: list[str]) -> list:
     """The process to start for one run; its JSON record is `out/stem.json` for both programs."""
     if program == "train":
-        return [sys.executable, harness.ROOT / "train.py", *passthrough, f"--{lr_key}", lr, "--seed", seed,
-                "--max_train_time_hours", minutes / 60, "--log_dir", out, "--log_name", stem,
-                "--save_dir", out / "checkpoints"]
+        return harness.train_py([*passthrough, f"--{lr_key}", lr, "--seed", seed, "--max_train_time_hours",
+                                 minutes / 60], out, stem)
     return [sys.executable, harness.ROOT / "benchmarks" / "hf_reference.py", *passthrough, "--lr", lr,
             "--seed", seed, "--budget_s", 60 * minutes, "--output", out / f"{stem}.json"]
 
@@ -91,7 +90,7 @@ def lr_label(lr: float) -> str:
 class Sweep:
     def __init__(self, args, passthrough: list[str], log=print):
         self.args, self.passthrough, self.log = args, passthrough, log
-        self.out = Path(args.out)
+        self.out = Path(args.out).resolve()  # the runs write here from the repository's root
         self.out.mkdir(parents=True, exist_ok=True)
         self.runs: list[dict] = []
 
@@ -200,9 +199,7 @@ def report(result: dict) -> str:
 
 
 def main(argv=None) -> dict:
-    argv = sys.argv[1:] if argv is None else argv
-    passthrough = argv[argv.index("--") + 1:] if "--" in argv else []
-    own = argv[:argv.index("--")] if "--" in argv else argv
+    own, passthrough = harness.split_at_separator(argv)
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--program", choices=PROGRAMS, default="train")
     p.add_argument("--out", required=True, help="folder of the runs' records and sweep.json")
