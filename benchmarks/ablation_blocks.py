@@ -70,6 +70,11 @@ def the_recipe(config: dict) -> dict:
     return {k: v for k, v in config.items() if k not in NOT_THE_RECIPE}
 
 
+def differing(a: dict, b: dict) -> list[str]:
+    """The keys whose values differ between two configs (a key missing from one counts)."""
+    return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+
+
 class Block:
     """One block: the recipe and each chosen variant with seed `block`, `minutes` of training clock each."""
 
@@ -88,8 +93,7 @@ class Block:
         this script sets or a variant's key given after '--', a variant train.py refuses, one that changes nothing."""
         import train
         from config import ConfigError
-        given = {a.removeprefix("--").partition("=")[0].replace("-", "_") for a in self.passthrough
-                 if a.startswith("--")}
+        given = harness.given_keys(self.passthrough)
         for flag in SET_HERE:
             if flag[2:] in given:
                 fail(f"{flag} after '--': the block sets it for each run")
@@ -122,8 +126,7 @@ class Block:
         ran = the_recipe(record.get("config") or {})
         if ran != self.expected[vid]:
             want = self.expected[vid]
-            differ = ", ".join(f"{k}: {ran.get(k)!r}, not {want.get(k)!r}" for k in sorted(ran.keys() | want.keys())
-                               if ran.get(k) != want.get(k))
+            differ = ", ".join(f"{k}: {ran.get(k)!r}, not {want.get(k)!r}" for k in differing(ran, want))
             fail(f"{path} ran with another config ({differ}): move it away, or give the command it ran with")
         return record
 
@@ -171,16 +174,16 @@ def check_recipes(blocks: dict[int, dict[str, dict]]) -> None:
     first = min(recipes)
     for b, config in recipes.items():
         if config != recipes[first]:
-            differ = sorted(k for k in config.keys() | recipes[first].keys() if config.get(k) != recipes[first].get(k))
-            fail(f"block {b}'s recipe differs from block {first}'s in {', '.join(differ)}: not one recipe")
+            fail(f"block {b}'s recipe differs from block {first}'s in {', '.join(differing(config, recipes[first]))}: "
+                 f"not one recipe")
     for b, runs in blocks.items():
         for vid, record in runs.items():
             if vid == RECIPE or b not in recipes:
                 continue
             config = the_recipe(record.get("config") or {})
-            differ = {k for k in config.keys() | recipes[b].keys() if config.get(k) != recipes[b].get(k)}
-            if not differ or not differ <= set(ablations.ONE_KNOB[vid][1]):
-                fail(f"{record['path']} differs from its block's recipe in {sorted(differ) or 'nothing'}, not in the "
+            differ = differing(config, recipes[b])
+            if not differ or not set(differ) <= set(ablations.ONE_KNOB[vid][1]):
+                fail(f"{record['path']} differs from its block's recipe in {differ or 'nothing'}, not in the "
                      f"variant's keys {sorted(ablations.ONE_KNOB[vid][1])}")
 
 

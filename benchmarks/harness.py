@@ -228,6 +228,12 @@ def split_at_separator(argv: list[str] | None) -> tuple[list[str], list[str]]:
     return argv[:argv.index("--")], argv[argv.index("--") + 1:]
 
 
+def given_keys(args: list[str]) -> set[str]:
+    """The train.py keys a command line sets (`--key value` or `--key=value`, dashes read as underscores, as
+    train.py's parser reads them): what a script that sets some keys itself refuses to find after its `--`."""
+    return {a[2:].partition("=")[0].replace("-", "_") for a in args if a.startswith("--") and a != "--"}
+
+
 def cli_args(keys: dict) -> list[str]:
     """train.py keys as command-line arguments: {"unet": False, "mask_rate": 0.15} -> --unet false --mask_rate 0.15."""
     return [a for key, value in keys.items()

@@ -215,8 +215,9 @@ def main(argv=None) -> dict:
         p.error("--lrs: at least two distinct positive LRs")
     if args.program == "hf_reference" and args.lr_key != "lr":
         p.error("--lr_key: hf_reference.py has one LR, --lr")
+    given = harness.given_keys(passthrough)
     for flag in SET_BY_SWEEP[args.program] + (f"--{args.lr_key}",):
-        if any(a == flag or a.startswith(flag + "=") for a in passthrough):
+        if flag[2:] in given:
             p.error(f"{flag} after '--': the sweep sets it for each run")
     return Sweep(args, passthrough).main()
 
