@@ -234,7 +234,7 @@ def ladder_table(rows: list[dict], title: str, fmt, unit: str) -> list[str]:
                 pr = entry["paired"]
                 cell += (f"; paired {pr['geometric_mean']:.2f}×" + (
                     f" [{pr['interval'][0]:.2f}, {pr['interval'][1]:.2f}], p = {pr['p']:.2g}" if pr["interval"] else "")
-                    + f" ({pr['blocks']} blocks: " + ", ".join(f"{r:.2f}" for r in pr["ratios"]) + ")")
+                    + f" ({pr['blocks']} block{'s' if pr['blocks'] != 1 else ''}: " + ", ".join(f"{r:.2f}" for r in pr["ratios"]) + ")")
             if "speedup_at_least" in entry:
                 cell += f"; > {entry['speedup_at_least']:.2f}× (the baseline never reached it)"
             cells.append(cell)
