@@ -229,7 +229,9 @@ def report(out: Path, deltas: list[float], plot: bool = True) -> dict:
     if not blocks:
         fail(f"no runs in {out}")
     check_recipes(blocks)
-    result = {"blocks": sorted(blocks), "variants": {}, "failed": []}
+    result = {"blocks": sorted(blocks), "variants": {}, "failed": [],
+              "cpu_of_block": {b: provenance.recorded_cpu_id(runs[RECIPE]) for b, runs in sorted(blocks.items())
+                               if RECIPE in runs}}
     plotted: dict[str, list[dict]] = {}
     for vid in ablations.ONE_KNOB:
         pairs = []
@@ -280,6 +282,9 @@ def tables(result: dict, deltas: list[float]) -> str:
         c = first["controls"]
         lines.append(f"best control: {c['best_name']} {c['best']:.4f} nats per masked token; blocks "
                      f"{', '.join(map(str, result['blocks']))}")
+    if result.get("cpu_of_block"):  # a block's times compare only on its own CPU; ratios within blocks do compare
+        lines.append("CPU of each block: " + "; ".join(f"{b}: {cpu or 'not recorded'}"
+                                                      for b, cpu in result["cpu_of_block"].items()))
     if "recipe" in result:
         f = result["recipe"]["final"]
         lines.append(f"the recipe's final validation loss: {f['mean']:.4f}"

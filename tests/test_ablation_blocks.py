@@ -118,6 +118,18 @@ def test_blocks_run_each_variant_once_in_rotated_order_resume_and_report(tmp_pat
                                                                                              "cosine"}
 
 
+def test_the_report_names_each_blocks_cpu(tmp_path, monkeypatch):
+    """Blocks may run on different kinds of CPU (ratios within a block still compare): the report says which."""
+    for block, cpu in ((1, "AuthenticAMD family 26 model 2"), (2, "GenuineIntel family 6 model 207")):
+        monkeypatch.setattr(ablation_blocks.provenance, "this_cpu_id", lambda cpu=cpu: cpu)
+        monkeypatch.setattr(ablation_blocks.harness, "run_logged", fake_runner([], ratio_of, cpu=cpu))
+        ablation_blocks.main(block_argv(tmp_path, block, "no_unet"))
+    result = ablation_blocks.main(["--out", str(tmp_path), "--report"])
+    assert result["cpu_of_block"] == {1: "AuthenticAMD family 26 model 2", 2: "GenuineIntel family 6 model 207"}
+    assert ("CPU of each block: 1: AuthenticAMD family 26 model 2; 2: GenuineIntel family 6 model 207"
+            in (tmp_path / "ablations.md").read_text())
+
+
 def test_a_target_some_blocks_miss_gets_counts_not_a_ratio(tmp_path, monkeypatch, machine):
     """A variant 3x slower reaches 0.01 below the control (2.83) in 100 s in no block (2.9 - 0.002/3·100 = 2.833)."""
     monkeypatch.setattr(ablation_blocks.harness, "run_logged",
