@@ -7,8 +7,9 @@ alone, `table` renders the leaderboard.
 
 A record is a folder `records/<date>_<name>/` holding every run's `<run_id>.json`, `<run_id>.txt` (the text log,
 which embeds the code that ran) and `<run_id>.png`; `config.yaml` (the runs' config, seed aside:
-`python train.py --yaml_path config.yaml --seed N` repeats a run); `curves.png`; `record.json` (the rules it was
-checked against and every number the README shows); and a `README.md` generated from `record.json`.
+`python train.py --yaml_path config.yaml --seed N` repeats a run); `curves.png` (zoomed, with the target and the best
+control); `record.json` (the rules it was checked against and every number the README shows); and a `README.md`
+generated from `record.json`.
 
 The tracks are defined in TRACKS and the rules in RULES, here and nowhere else: docs/TRAINING.md shows the table
 that `table` generates from them, and the tool enforces exactly that. A refusal names the rule and the run.
@@ -648,19 +649,32 @@ def _load(loadavg) -> str:
     return f"{loadavg[0]:.2f}" if loadavg else "n/a"
 
 
-def plot_curves(path: Path, runs: list[Run], record: dict) -> None:
+def plot_curves(path: Path, runs: list[Run], record: dict) -> tuple[float, float]:
+    """Every run's validation loss against the training clock, zoomed on the learning (each run's first validation,
+    near ln(33), is off the axis), with the target and the runs' best no-learning control drawn -> the y-limits."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import runlog  # with torch: only when a plot is drawn
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    levels = []
     for run in runs:
         val = run.summary["val"]
         ax.plot([v["train_time_s"] for v in val], [v["loss"] for v in val], "o-", ms=3, lw=1.2,
                 label=f"{run.run_id} (seed {run.config.get('seed')})")
+        levels += [v["loss"] for v in val[1:] or val]
+    controls = runs[0].summary.get("controls") or {}
+    if "best" in controls:  # the runs share one validation set (checked), so one set of controls
+        ax.axhline(controls["best"], color="gray", ls="-.", lw=1,
+                   label=f"best no-learning control ({controls.get('best_name')}) {controls['best']:.4f}")
+        levels.append(controls["best"])
     st = record["statistics"]
     if record["rules"]["kind"] == "time":
         ax.axhline(st["target_loss"], color="k", ls="--", lw=1, label=f"target {st['target_loss']}")
         ax.axvline(st["time_s"]["mean"], color="gray", ls=":", lw=1, label=f"record {st['time_s']['mean']:,.1f} s")
+        levels.append(st["target_loss"])
+    ylim = runlog.zoomed_ylim(levels)
+    ax.set_ylim(*ylim)
     ax.set_xlabel("training clock (s)")
     ax.set_ylabel("validation loss per masked token (nats)")
     ax.set_title(f"{record['name']} ({record['track']} track)")
@@ -669,6 +683,7 @@ def plot_curves(path: Path, runs: list[Run], record: dict) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+    return ylim
 
 
 def _load_evals(paths) -> list[tuple[Path, dict]]:

@@ -164,6 +164,13 @@ def environment_report(device: torch.device, world_size: int, git: dict) -> str:
     return "\n".join(lines)
 
 
+def zoomed_ylim(levels: list[float]) -> tuple[float, float]:
+    """A loss axis that spans the given levels (losses after the first validation, controls, target) with room for
+    a legend above: the first validation near ln(33) stays off it, so the learning fills the plot."""
+    span = max(levels) - min(levels)
+    return min(levels) - 0.1 * span - 0.01, max(levels) + 0.25 * span + 0.01
+
+
 def plot_losses(path: Path, train_log: list[dict], val_log: list[dict], target: float, run_id: str,
                 control_losses: dict | None = None) -> None:
     """Train and validation loss against the training clock, zoomed on the learning: the y-axis spans the
@@ -186,8 +193,7 @@ def plot_losses(path: Path, train_log: list[dict], val_log: list[dict], target: 
         ax.axhline(target, color="k", ls="--", lw=1, label=f"target {target}")
         levels.append(target)
     if levels:
-        span = max(levels) - min(levels)
-        ax.set_ylim(min(levels) - 0.1 * span - 0.01, max(levels) + 0.25 * span + 0.01)
+        ax.set_ylim(*zoomed_ylim(levels))
     ax.set_xlabel("training clock (minutes; validation and checkpoints excluded)")
     ax.set_ylabel("loss per masked token (nats)")
     gain = val_log[-1].get("gain") if val_log else None

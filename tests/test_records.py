@@ -10,6 +10,7 @@ import hashlib
 import json
 import re
 import shutil
+import types
 from pathlib import Path
 
 import numpy as np
@@ -464,6 +465,20 @@ def test_submit_verify_table(runs, tmp_path, monkeypatch, capsys):
     (folder / "record.json").write_text(json.dumps(record, indent=1) + "\n")
     with pytest.raises(records.RecordRefused, match="'statistics' differs"):
         records.verify(folder)
+
+
+def test_curves_zoom_on_the_learning_and_draw_the_control(tmp_path):
+    """The record's plot spans the losses after the first validation, the best control and the target; the
+    untrained model's first validation (near ln 33) stays off the axis."""
+    val = [{"train_time_s": 0.0, "loss": 3.5}, {"train_time_s": 60.0, "loss": 2.85}, {"train_time_s": 120.0, "loss": 2.80}]
+    run = types.SimpleNamespace(run_id="r1", config={"seed": 1},
+                                summary={"val": val, "controls": {"best": 2.8224, "best_name": "ngram+composition"}})
+    record = {"name": "zoom", "track": "cpu", "rules": {"kind": "time"},
+              "statistics": {"target_loss": 2.82, "time_s": {"mean": 120.0}}}
+    lo, hi = records.plot_curves(tmp_path / "curves.png", [run], record)
+    # levels 2.85, 2.80, 2.8224, 2.82: span 0.05, 10% + 0.01 below and 25% + 0.01 above
+    assert (lo, hi) == pytest.approx((2.80 - 0.005 - 0.01, 2.85 + 0.0125 + 0.01))
+    assert hi < 3.5 and (tmp_path / "curves.png").stat().st_size > 0
 
 
 def test_submit_refusal_is_printed_with_rule_and_run(runs, tmp_path, monkeypatch, capsys):
