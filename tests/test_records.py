@@ -470,7 +470,8 @@ def test_submit_verify_table(runs, tmp_path, monkeypatch, capsys):
 def test_curves_zoom_on_the_learning_and_draw_the_control(tmp_path):
     """The record's plot spans the losses after the first validation, the best control and the target; the
     untrained model's first validation (near ln 33) stays off the axis."""
-    val = [{"train_time_s": 0.0, "loss": 3.5}, {"train_time_s": 60.0, "loss": 2.85}, {"train_time_s": 120.0, "loss": 2.80}]
+    val = [{"train_time_s": 0.0, "loss": 3.5}, {"train_time_s": 60.0, "loss": 2.85},
+           {"train_time_s": 120.0, "loss": 2.80}]
     run = types.SimpleNamespace(run_id="r1", config={"seed": 1},
                                 summary={"val": val, "controls": {"best": 2.8224, "best_name": "ngram+composition"}})
     record = {"name": "zoom", "track": "cpu", "rules": {"kind": "time"},
