@@ -1,7 +1,8 @@
 """Where a training process runs and how the model runs there: one process, or one rank of torchrun.
 
 - `setup()`: torchrun's rank and world from the environment, the device (CUDA if present, else CPU), the process
-  group (NCCL on CUDA, gloo on CPU) and a gloo group for host-side numbers -> `Placement`.
+  group (NCCL on CUDA, gloo on CPU) and a gloo group for host-side numbers -> `Placement`. On CPU it first turns on
+  `flush_subnormals()`.
 - `compile_and_wrap`: torch.compile (fullgraph on the FlexAttention path) and DDP, in that order.
 """
 import datetime
@@ -25,6 +26,7 @@ class Placement:
     world_size: int
     device: torch.device
     host_group: object = None  # small host-side sums (clock, signals, counts) never synchronise the GPU stream
+    subnormals_flushed: bool | None = None  # CPU: whether every intra-op thread flushes subnormals (None on CUDA)
 
     @property
     def master(self) -> bool:
@@ -39,12 +41,37 @@ class Placement:
         return t.tolist()
 
 
+SUBNORMAL_BITS = 1 << 20  # the float32 with these bits, 1.47e-39, is below the smallest normal number, 1.18e-38
+
+
+def subnormals(n: int) -> torch.Tensor:
+    """n float32 subnormals, written as bits: converting a Python float would itself be flushed."""
+    return torch.full((n,), SUBNORMAL_BITS, dtype=torch.int32).view(torch.float32)
+
+
+def flush_subnormals() -> bool:
+    """CPU: compute with subnormal floats as zero (flush-to-zero and denormals-are-zero) -> whether every thread does.
+
+    Many x86 CPUs take a microcode path for subnormal operands: a matmul whose inputs are 1% subnormal ran 3x slower,
+    100% subnormal 230x, on the Intel VM of sessions 16-19 (benchmarks/bench_subnormals.py). Training makes them
+    where activations or probabilities underflow; the values lost are below 1.2e-38. The mode is per thread, and a
+    thread inherits it when created, so this must run before the first parallel op starts torch's thread pools. A
+    multiply spread over the intra-op threads checks it (False: one of them started earlier and keeps subnormals;
+    BLAS's own threads cannot be checked this way). With one thread per process, as in every CPU benchmark here,
+    only the main thread computes.
+    """
+    torch.set_flush_denormal(True)
+    probe = subnormals(1 << 22) * 1.0  # 4M elements: every intra-op thread takes a share
+    return bool((probe == 0).all())
+
+
 def setup() -> Placement:
     """One process, or one rank of torchrun (NCCL on CUDA, gloo on CPU)."""
     distributed = "RANK" in os.environ and "WORLD_SIZE" in os.environ
     rank, world = (int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])) if distributed else (0, 1)
     local_rank = int(os.environ.get("LOCAL_RANK", 0)) if distributed else 0
     device = torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+    flushed = flush_subnormals() if device.type == "cpu" else None  # first: before any op starts the thread pool
     if device.type == "cuda":
         # Before CUDA's allocator starts: grow segments instead of caching fixed blocks, so fragmentation cannot
         # strand memory (modded-nanogpt does the same); the user's own setting wins.
@@ -57,7 +84,7 @@ def setup() -> Placement:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=DIST_TIMEOUT,
                                 device_id=device if device.type == "cuda" else None)
     host_group = dist.new_group(backend="gloo") if distributed and device.type == "cuda" else None
-    return Placement(distributed, rank, world, device, host_group)
+    return Placement(distributed, rank, world, device, host_group, flushed)
 
 
 def compile_and_wrap(raw_model: PLM, device: torch.device, compile_model: bool, distributed: bool):

@@ -50,6 +50,10 @@ ROOT = Path(__file__).resolve().parent
 CORE_FILES = ("train.py", "config.py", "distributed.py", "model.py", "optim.py", "dataloader.py", "validation.py",
               "vocab.py", "shards.py", "checkpoint.py", "controls.py", "provenance.py", "runlog.py")
 SECRET_ENV = ("HF_TOKEN", "WANDB_API_KEY")
+PRECISION = {None: "bf16 autocast",  # CUDA; on CPU, fp32 and whether subnormals are flushed (distributed.setup)
+             True: "fp32, subnormals flushed to zero",
+             False: "fp32; warning: some intra-op thread keeps subnormal floats (torch's thread pool started before "
+                    "distributed.setup), which can slow it many times"}
 
 
 @dataclass(frozen=True)
@@ -258,7 +262,7 @@ def main(argv: list[str]) -> dict:
     record.write(prov.header())
     record.write(f"derived: {data.batch_size // data.row_length} rows of {data.row_length} tokens per step = "
                  f"{rows_per_micro} rows per micro-batch × {data.grad_accum} micro-steps × {proc.world_size} ranks; "
-                 f"compile: {compile_model}; precision: {'bf16 autocast' if device.type == 'cuda' else 'fp32'}; "
+                 f"compile: {compile_model}; precision: {PRECISION[proc.subnormals_flushed]}; "
                  f"time budget: {f'{budget_s:.0f} s' if budget_s else 'none'}")
     random.seed(run.seed)
     np.random.seed(run.seed)
@@ -354,6 +358,7 @@ def main(argv: list[str]) -> dict:
         return {"run_id": run_id, "status": status, "message": message, "signal": stop.signum,
                 "config": cfg.flat(), "n_params": n_params, "n_params_non_embedding": n_params_non_embedding,
                 "world_size": proc.world_size, "device": str(device), "hardware": runlog.hardware_name(device),
+                "subnormals_flushed": proc.subnormals_flushed,
                 "steps": state.step, "tokens": state.tokens, "train_time_s": t,
                 "tokens_per_s": state.tokens / t if t > 0 else None, "target_loss": run.target_loss,
                 "time_to_target_s": reached.get("train_time_s"), "step_to_target": reached.get("step"),

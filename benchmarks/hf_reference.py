@@ -15,6 +15,9 @@ fairly run reference: with random batches about 35% of the computed token slots 
 `--group_by_length false` restores the plain random order of whole sequences (the reference of the runs recorded
 before issue 12). `padding_fraction` in the run record says which one a run had.
 
+Like train.py on CPU, it computes with subnormal floats flushed to zero (`distributed.flush_subnormals`; before
+session 19 neither did), so that neither program pays this CPU's microcode path for them.
+
 One deliberate kindness to the baseline: the schedule's progress is *training time / budget*, like ours, so its
 LR reaches its floor exactly when the budget ends (a practitioner would have to guess a step count).
 
@@ -37,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness  # noqa: E402  (also puts the repository root on sys.path)
 import config  # noqa: E402
 import controls  # noqa: E402
+import distributed  # noqa: E402
 import provenance  # noqa: E402
 import runlog  # noqa: E402
 from shards import find_shards  # noqa: E402
@@ -190,6 +194,7 @@ def main(argv=None):
     p.add_argument("--output", required=True, help="JSON run record")
     args = p.parse_args(argv)
     since, git = provenance.start(), runlog.git_state()
+    subnormals_flushed = distributed.flush_subnormals()  # as train.py on CPU; before any op starts a thread pool
 
     torch.manual_seed(args.seed)
     model = build_model(args.hidden_size, args.num_hidden_layers, args.num_attention_heads, args.max_length)
@@ -266,7 +271,7 @@ def main(argv=None):
             break
 
     # the training corruption, in train.py's keys (compare_runs.py reads them): BERT 15% with 80/10/10
-    run_config = vars(args) | {"mask_rate": 0.15, "bert_corruption": True}
+    run_config = vars(args) | {"mask_rate": 0.15, "bert_corruption": True, "subnormals_flushed": subnormals_flushed}
     record = {
         "run_id": Path(args.output).stem, "recipe": "hf_reference", "config": run_config, "n_params": n_params,
         "steps": step, "tokens": tokens, "train_time_s": train_time,

@@ -18,9 +18,11 @@ SCRIPTS = {
     "attention_scaling.py": "| row length T |",
     "bench_model.py": "| HF EsmForMaskedLM (sdpa, padded) |",
     "bench_dataloader.py": "M row tok/s/worker",
+    "bench_subnormals.py": "| matmul, 100% subnormal inputs      | on",
 }
 # Results files the smoke runs must write (issue 12: every benchmark saves its numbers), under results/tmp/smoke/.
-RESULT_FILES = {"bench_model.py": "bench_model.json", "bench_dataloader.py": "bench_dataloader.json"}
+RESULT_FILES = {"bench_model.py": "bench_model.json", "bench_dataloader.py": "bench_dataloader.json",
+                "bench_subnormals.py": "bench_subnormals.json"}
 
 
 @pytest.mark.slow
