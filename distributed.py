@@ -61,8 +61,12 @@ def flush_subnormals() -> bool:
     only the main thread computes.
     """
     torch.set_flush_denormal(True)
-    probe = subnormals(1 << 22) * 1.0  # 4M elements: every intra-op thread takes a share
-    return bool((probe == 0).all())
+    return subnormals_flushed()
+
+
+def subnormals_flushed() -> bool:
+    """Whether every intra-op thread flushes subnormals now: a multiply of 4M of them, which each thread shares."""
+    return bool(((subnormals(1 << 22) * 1.0) == 0).all())
 
 
 def setup() -> Placement:

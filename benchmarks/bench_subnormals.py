@@ -29,11 +29,6 @@ import distributed  # noqa: E402
 SUBNORMAL = 1e-39  # a float32 subnormal (the smallest normal float32 is 1.18e-38); set while flush is off
 
 
-def flushing() -> bool:
-    """Whether this thread flushes subnormals to zero now (torch has a setter only)."""
-    return (distributed.subnormals(1) * 1.0).item() == 0.0
-
-
 def best_ms(fn, repeats: int) -> float:
     """The fastest of `repeats` calls, in milliseconds, after one warm-up call."""
     fn()
@@ -60,7 +55,7 @@ def measure(flush: bool, repeats: int) -> list[dict]:
     exp_underflow = -95.0 + torch.randn(1024, 512, generator=generator)  # exp() lands in (1e-43, 1e-38)
     cases = [(f"matmul, {100 * f:g}% subnormal inputs", operands(f, generator), "matmul") for f in (0.0, 0.01, 1.0)]
     cases += [("exp, normal results", exp_normal, "exp"), ("exp, subnormal results", exp_underflow, "exp")]
-    previous = flushing()
+    previous = distributed.subnormals_flushed()  # torch has a setter only
     supported = torch.set_flush_denormal(flush)  # False where the CPU has no such mode
     rows = []
     try:

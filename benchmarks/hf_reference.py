@@ -271,10 +271,10 @@ def main(argv=None):
             break
 
     # the training corruption, in train.py's keys (compare_runs.py reads them): BERT 15% with 80/10/10
-    run_config = vars(args) | {"mask_rate": 0.15, "bert_corruption": True, "subnormals_flushed": subnormals_flushed}
+    run_config = vars(args) | {"mask_rate": 0.15, "bert_corruption": True}
     record = {
         "run_id": Path(args.output).stem, "recipe": "hf_reference", "config": run_config, "n_params": n_params,
-        "steps": step, "tokens": tokens, "train_time_s": train_time,
+        "subnormals_flushed": subnormals_flushed, "steps": step, "tokens": tokens, "train_time_s": train_time,
         "tokens_per_s": tokens / max(train_time, 1e-9), "padding_fraction": 1 - tokens / max(padded, 1),
         "epochs_started": train.epoch + 1, "val": val, "final_val_loss": val[-1]["loss"],
         "controls": control_losses, "world_size": 1, "loader": {"masked_tokens": masked, "real_tokens": tokens},
